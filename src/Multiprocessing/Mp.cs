@@ -1,0 +1,88 @@
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Logging.Abstractions;
+using Multiprocessing.Processes;
+
+namespace Multiprocessing;
+
+/// <summary>
+/// The library's entry points, named as Python's <c>multiprocessing</c> module names them:
+/// <c>Mp.Process</c> is <c>mp.Process</c>, <c>Mp.CurrentProcess</c> is <c>mp.current_process()</c>, and so on.
+/// </summary>
+/// <remarks>All members are thread-safe.</remarks>
+public static class Mp
+{
+    // Resolved lazily: a child that never logs should not load the logging assembly while it starts.
+    private static ILoggerFactory? _loggerFactory;
+    private static TimeSpan _parentExitGracePeriod = TimeSpan.FromSeconds(1);
+
+    /// <summary>Creates a process that will run <paramref name="target"/> in a child, as
+    /// <c>mp.Process(target=f, args=(a, b))</c>: write <c>Mp.Process(() =&gt; F(a, b))</c>.</summary>
+    /// <param name="target">A static method, lambda or closure. Captured values travel by value (MessagePack);
+    /// library objects travel as handles.</param>
+    /// <param name="name">The process name; defaults to "Process-N".</param>
+    /// <param name="daemon">Whether the child is terminated, instead of waited for, when this process exits.</param>
+    /// <returns>The process, not yet started.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="target"/> is null.</exception>
+    public static ChildProcess Process(Action target, string? name = null, bool daemon = false) =>
+        new(target ?? throw new ArgumentNullException(nameof(target)), name, daemon);
+
+    /// <summary>Creates a process that runs an asynchronous <paramref name="target"/> to completion in a child.</summary>
+    /// <param name="target">An async lambda or method; the child exits when its task completes.</param>
+    /// <param name="name">The process name; defaults to "Process-N".</param>
+    /// <param name="daemon">Whether the child is terminated, instead of waited for, when this process exits.</param>
+    /// <returns>The process, not yet started.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="target"/> is null.</exception>
+    public static ChildProcess Process(Func<Task> target, string? name = null, bool daemon = false) =>
+        new(target ?? throw new ArgumentNullException(nameof(target)), name, daemon);
+
+    /// <summary>This process, as <c>mp.current_process()</c>: "MainProcess" in the main process.</summary>
+    public static ProcessInfo CurrentProcess => ProcessRuntime.Current;
+
+    /// <summary>The process that started this one, as <c>mp.parent_process()</c>; null in the main process.</summary>
+    public static ProcessInfo? ParentProcess => ProcessRuntime.Parent;
+
+    /// <summary>The children of this process that are still running, as <c>mp.active_children()</c>.</summary>
+    /// <returns>A snapshot; exited children found on the way are reaped.</returns>
+    public static IReadOnlyList<ChildProcess> ActiveChildren() =>
+        ProcessRuntime.Snapshot().Where(c => c.IsAlive).ToArray();
+
+    /// <summary>The number of processors this process may use, as <c>mp.cpu_count()</c> (affinity and container
+    /// limits respected).</summary>
+    public static int CpuCount => Environment.ProcessorCount;
+
+    /// <summary>How Start obtains processes; see <see cref="Multiprocessing.StartMethod"/>. Defaults to Spawn.</summary>
+    public static StartMethod StartMethod { get; private set; } = StartMethod.Spawn;
+
+    /// <summary>Chooses how children are started, as <c>mp.set_start_method()</c>. Unlike Python it may be called
+    /// again; switching away from <see cref="StartMethod.Prespawn"/> stops the warm spare.</summary>
+    /// <param name="method">The start method.</param>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="method"/> is not a defined value.</exception>
+    public static void SetStartMethod(StartMethod method)
+    {
+        if (!Enum.IsDefined(method)) throw new ArgumentOutOfRangeException(nameof(method), method, "unknown start method");
+        StartMethod = method;
+        if (method != StartMethod.Prespawn) Launcher.DrainSpare();
+    }
+
+    /// <summary>How long a child keeps running after it sees its parent die before it exits too (default 1 s),
+    /// so it can observe <see cref="ProcessInfo.Join"/> on <see cref="ParentProcess"/> and finish writing.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Negative, or longer than 10 seconds.</exception>
+    public static TimeSpan ParentExitGracePeriod
+    {
+        get => _parentExitGracePeriod;
+        set
+        {
+            if (value < TimeSpan.Zero || value > TimeSpan.FromSeconds(10))
+                throw new ArgumentOutOfRangeException(nameof(value), value, "the grace period must be between 0 and 10 seconds");
+            _parentExitGracePeriod = value;
+        }
+    }
+
+    /// <summary>Where the library logs (failures it cannot throw to a caller). Defaults to no logging.</summary>
+    /// <exception cref="ArgumentNullException">The value is null.</exception>
+    public static ILoggerFactory LoggerFactory
+    {
+        get => _loggerFactory ?? NullLoggerFactory.Instance;
+        set => _loggerFactory = value ?? throw new ArgumentNullException(nameof(value));
+    }
+}

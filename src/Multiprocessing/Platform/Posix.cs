@@ -1,0 +1,105 @@
+using System.Runtime.InteropServices;
+
+namespace Multiprocessing.Platform;
+
+/// <summary>Raw libc entry points (Linux, glibc). Only <see cref="OsProcess"/> calls these.</summary>
+internal static unsafe partial class Posix
+{
+    private const string Libc = "libc";
+
+    internal const int SIGKILL = 9;
+    internal const int SIGTERM = 15;
+    internal const int EINTR = 4;
+    internal const int ECHILD = 10;
+    internal const int ESRCH = 3;
+
+    internal const int AF_UNIX = 1;
+    internal const int SOCK_STREAM = 1;
+    internal const int SOCK_CLOEXEC = 0x80000;
+    internal const int F_SETFD = 2;
+    internal const int FD_CLOEXEC = 1;
+    internal const int O_RDONLY = 0;
+
+    internal const int P_PID = 1;
+    internal const int WNOHANG = 1;
+    internal const int WEXITED = 4;
+    internal const int WNOWAIT = 0x01000000;
+
+    internal const short POSIX_SPAWN_SETSIGDEF = 0x04;
+    internal const short POSIX_SPAWN_SETSIGMASK = 0x08;
+
+    // glibc x86_64/arm64 sizes are 80 (file actions), 336 (attr), 128 (sigset, siginfo); over-allocate for safety.
+    internal const int OpaqueSize = 1024;
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int socketpair(int domain, int type, int protocol, int* fds);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int close(int fd);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int fcntl(int fd, int cmd, int arg);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial nint read(int fd, byte* buffer, nint count);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int kill(int pid, int sig);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int waitpid(int pid, int* status, int options);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int waitid(int idtype, int id, void* infop, int options);
+
+    [LibraryImport(Libc, EntryPoint = "_exit")]
+    internal static partial void _exit(int status);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial nint signal(int signum, nint handler);
+
+    [LibraryImport(Libc, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int setenv(string name, string value, int overwrite);
+
+    [LibraryImport(Libc, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int unsetenv(string name);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawn(int* pid, byte* path, void* fileActions, void* attr, byte** argv, byte** envp);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawn_file_actions_init(void* fileActions);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawn_file_actions_destroy(void* fileActions);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawn_file_actions_adddup2(void* fileActions, int fd, int newfd);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawn_file_actions_addopen(void* fileActions, int fd, byte* path, int oflag, int mode);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawnattr_init(void* attr);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawnattr_destroy(void* attr);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawnattr_setflags(void* attr, short flags);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawnattr_setsigmask(void* attr, void* sigmask);
+
+    [LibraryImport(Libc)]
+    internal static partial int posix_spawnattr_setsigdefault(void* attr, void* sigdefault);
+
+    [LibraryImport(Libc)]
+    internal static partial int sigemptyset(void* set);
+
+    [LibraryImport(Libc)]
+    internal static partial int sigfillset(void* set);
+
+    [LibraryImport(Libc)]
+    internal static partial int sigdelset(void* set, int signum);
+}

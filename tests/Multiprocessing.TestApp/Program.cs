@@ -1,0 +1,89 @@
+using Multiprocessing;
+
+// Each scenario prints what the test needs on stdout, one "key=value" per line, and flushes as it goes.
+return args.FirstOrDefault() switch
+{
+    "basic" => Basic(),
+    "output" => Output(),
+    "throw" => Throw(),
+    "orphans" => Orphans(),
+    "exit-with-children" => ExitWithChildren(args[1]),
+    _ => Usage(),
+};
+
+static int Usage()
+{
+    Console.Error.WriteLine("usage: Multiprocessing.TestApp basic|output|throw|orphans|exit-with-children GOFILE");
+    return 2;
+}
+
+static int Basic()
+{
+    var p = Mp.Process(() => Environment.Exit(Mp.CurrentProcess.Name == "Process-1" && Mp.ParentProcess is not null ? 7 : 3));
+    p.Start();
+    p.Join();
+    Console.WriteLine($"exitcode={p.ExitCode}");
+    return 0;
+}
+
+static int Output()
+{
+    var p = Mp.Process(() =>
+    {
+        Console.WriteLine("child-stdout-line");
+        Console.Error.WriteLine("child-stderr-line");
+    });
+    p.Start();
+    p.Join();
+    Console.WriteLine($"exitcode={p.ExitCode}");
+    return 0;
+}
+
+static int Throw()
+{
+    var p = Mp.Process(() => Thrower.Fail("boom from the child"), name: "thrower");
+    p.Start();
+    p.Join();
+    Console.WriteLine($"exitcode={p.ExitCode}");
+    return 0;
+}
+
+// Starts a daemon and a non-daemon child that never finish, reports their pids and waits to be killed.
+static int Orphans()
+{
+    var daemon = Mp.Process(() => Thread.Sleep(Timeout.Infinite), daemon: true);
+    var worker = Mp.Process(() => Thread.Sleep(Timeout.Infinite));
+    daemon.Start();
+    worker.Start();
+    Console.WriteLine($"pids={daemon.Pid},{worker.Pid}");
+    Console.Out.Flush();
+    Thread.Sleep(Timeout.Infinite);
+    return 0;
+}
+
+// Python's exit handler: the daemon is terminated, the non-daemon child is waited for until GOFILE appears.
+static int ExitWithChildren(string goFile)
+{
+    var daemon = Mp.Process(() => Thread.Sleep(Timeout.Infinite), daemon: true);
+    var worker = Mp.Process(() =>
+    {
+        var deadline = DateTime.UtcNow.AddSeconds(30);
+        while (!File.Exists(goFile))
+        {
+            if (DateTime.UtcNow > deadline) Environment.Exit(9);
+            Thread.Sleep(10);
+        }
+
+        Console.WriteLine("worker-finished");
+    });
+    daemon.Start();
+    worker.Start();
+    Console.WriteLine($"pids={daemon.Pid},{worker.Pid}");
+    Console.WriteLine("main-returning");
+    return 0;
+}
+
+internal static class Thrower
+{
+    public static void Fail(string message) => throw new InvalidOperationException(message);
+}
