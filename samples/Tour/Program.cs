@@ -1,8 +1,9 @@
 using Multiprocessing;
 
+// One section per example of Python's multiprocessing documentation, in its order. Each prints what Python prints.
 var sections = new (string Title, Action Run)[]
 {
-    ("Process: start a child, join it, read its exit code", ProcessSection.Run),
+    ("The Process class", ProcessSection.Run),
 };
 
 foreach (var (title, run) in sections)
@@ -14,19 +15,23 @@ foreach (var (title, run) in sections)
 
 internal static class ProcessSection
 {
-    // Python:  def f(name): print('hello', name) ... p = Process(target=f, args=('bob',)); p.start(); p.join()
+    // Python:
+    //   def f(name):
+    //       print('hello', name)
+    //   p = Process(target=f, args=('bob',)); p.start(); p.join()
     public static void Run()
     {
         var who = "bob";
         var p = Mp.Process(() => Greet(who));
         p.Start();
         p.Join();
-        Console.WriteLine($"{p.Name} exited with code {p.ExitCode}");
+        Console.WriteLine($"{p.Name} (pid {p.Pid}) exited with code {p.ExitCode}");
     }
 
     private static void Greet(string who)
     {
         var me = Mp.CurrentProcess;
-        Console.WriteLine($"hello {who}, from {me.Name} (pid {me.Pid}), child of {Mp.ParentProcess?.Name} (pid {Mp.ParentProcess?.Pid})");
+        Console.WriteLine($"hello {who}");
+        Console.WriteLine($"  I am {me.Name}, pid {me.Pid}; my parent is {Mp.ParentProcess?.Name}, pid {Mp.ParentProcess?.Pid}");
     }
 }
