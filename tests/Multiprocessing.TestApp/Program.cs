@@ -7,13 +7,14 @@ return args.FirstOrDefault() switch
     "output" => Output(),
     "throw" => Throw(),
     "orphans" => Orphans(),
+    "orphans-prespawn" => OrphansWithSpare(),
     "exit-with-children" => ExitWithChildren(args[1]),
     _ => Usage(),
 };
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Multiprocessing.TestApp basic|output|throw|orphans|exit-with-children GOFILE");
+    Console.Error.WriteLine("usage: Multiprocessing.TestApp basic|output|throw|orphans|orphans-prespawn|exit-with-children GOFILE");
     return 2;
 }
 
@@ -59,6 +60,12 @@ static int Orphans()
     Console.Out.Flush();
     Thread.Sleep(Timeout.Infinite);
     return 0;
+}
+
+static int OrphansWithSpare()
+{
+    Mp.SetStartMethod(StartMethod.Prespawn);
+    return Orphans();
 }
 
 // Python's exit handler: the daemon is terminated, the non-daemon child is waited for until GOFILE appears.
