@@ -194,16 +194,6 @@ internal static unsafe class OsProcess
         throw new UnreachableException();
     }
 
-    /// <summary>Dies by <paramref name="signal"/> with its default action, so the parent sees -signal.</summary>
-    [DoesNotReturn]
-    internal static void DieBySignal(int signal)
-    {
-        Posix.signal(signal, 0 /* SIG_DFL */);
-        Posix.kill(Environment.ProcessId, signal);
-        // The default action is immediate; if it somehow returns, exit with the shell's code for it.
-        ExitNow(128 + signal);
-    }
-
     /// <summary>Sets an environment variable in the native environment (what native libraries such as CUDA read)
     /// and in .NET's copy.</summary>
     internal static void SetEnvironment(string name, string? value)

@@ -55,9 +55,6 @@ internal static unsafe partial class Posix
     [LibraryImport(Libc, EntryPoint = "_exit")]
     internal static partial void _exit(int status);
 
-    [LibraryImport(Libc, SetLastError = true)]
-    internal static partial nint signal(int signum, nint handler);
-
     [LibraryImport(Libc, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
     internal static partial int setenv(string name, string value, int overwrite);
 

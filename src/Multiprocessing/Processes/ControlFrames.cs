@@ -29,41 +29,8 @@ internal static class ControlFrames
         return OsProcess.ReadExactly(fd, payload) ? payload : null;
     }
 
-    /// <summary>Reads one frame; null when the peer closed the socket (a dead or departed process).</summary>
-    internal static byte[]? Read(Socket socket)
-    {
-        Span<byte> header = stackalloc byte[4];
-        if (!ReceiveAll(socket, header)) return null;
-        int length = BinaryPrimitives.ReadInt32LittleEndian(header);
-        if (length < 0 || length > MaxFrame) throw new InvalidDataException($"control frame of {length} bytes");
-        var payload = new byte[length];
-        return ReceiveAll(socket, payload) ? payload : null;
-    }
-
     private static void SendAll(Socket socket, ReadOnlySpan<byte> data)
     {
         while (!data.IsEmpty) data = data[socket.Send(data)..];
-    }
-
-    private static bool ReceiveAll(Socket socket, Span<byte> data)
-    {
-        while (!data.IsEmpty)
-        {
-            int n;
-            try
-            {
-                n = socket.Receive(data);
-            }
-            catch (SocketException)
-            {
-                // A reset is how a killed peer often looks; to the reader it is the same end of stream.
-                return false;
-            }
-
-            if (n == 0) return false;
-            data = data[n..];
-        }
-
-        return true;
     }
 }

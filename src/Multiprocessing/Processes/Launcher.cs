@@ -24,9 +24,6 @@ internal static class Launcher
     private static readonly object SpareGate = new();
     private static LaunchedChild? _spare;
 
-    /// <summary>How children are started: "exec" or "hook"; for diagnostics and tests.</summary>
-    internal static string Mode => Resolved.Value.Mode;
-
     /// <summary>Gets a child runtime ready for a job: the warm spare when the start method allows and the
     /// environment still matches what it booted with, else a new one.</summary>
     internal static LaunchedChild Acquire(StartMethod method, out IReadOnlyList<KeyValuePair<string, string?>> environmentDelta)
