@@ -35,6 +35,18 @@ public static class Mp
     public static ChildProcess Process(Func<Task> target, string? name = null, bool daemon = false) =>
         new(target ?? throw new ArgumentNullException(nameof(target)), name, daemon);
 
+    /// <summary>Creates a pool of worker processes and starts them, as <c>mp.Pool(processes, initializer, initargs,
+    /// maxtasksperchild)</c>. End it with <c>using</c> (terminates, as Python's <c>with</c>) or Close() then Join().</summary>
+    /// <param name="processes">How many workers; defaults to <see cref="CpuCount"/>.</param>
+    /// <param name="initializer">Runs once in each worker before its first task; a closure carries Python's initargs.</param>
+    /// <param name="maxTasksPerChild">Replace a worker after this many tasks (chunks); null for never.</param>
+    /// <param name="options">Per-worker environment (one GPU per worker), IMap read-ahead.</param>
+    /// <returns>The running pool.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="processes"/> or <paramref name="maxTasksPerChild"/> is less than 1.</exception>
+    /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="initializer"/> captures something that cannot travel.</exception>
+    public static ProcessPool Pool(int? processes = null, Action? initializer = null, int? maxTasksPerChild = null, PoolOptions? options = null) =>
+        new(processes, initializer, maxTasksPerChild, options);
+
     /// <summary>This process, as <c>mp.current_process()</c>: "MainProcess" in the main process.</summary>
     public static ProcessInfo CurrentProcess => ProcessRuntime.Current;
 

@@ -123,6 +123,40 @@ internal static unsafe class OsProcess
         return true;
     }
 
+    /// <summary>One blocking read of whatever is available; 0 at end of stream.</summary>
+    internal static int ReadSome(int fd, Span<byte> buffer)
+    {
+        while (true)
+        {
+            nint n;
+            fixed (byte* p = buffer) n = Posix.read(fd, p, buffer.Length);
+            if (n >= 0) return (int)n;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Posix.EINTR) continue;
+            if (errno == 104 /* ECONNRESET */) return 0;
+            throw new Win32Exception(errno, $"read from descriptor {fd} failed");
+        }
+    }
+
+    /// <summary>Writes all of <paramref name="data"/> with blocking writes.</summary>
+    internal static void WriteAll(int fd, ReadOnlySpan<byte> data)
+    {
+        while (!data.IsEmpty)
+        {
+            nint n;
+            fixed (byte* p = data) n = Posix.write(fd, p, data.Length);
+            if (n > 0)
+            {
+                data = data[(int)n..];
+                continue;
+            }
+
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Posix.EINTR) continue;
+            throw new Win32Exception(errno, $"write to descriptor {fd} failed");
+        }
+    }
+
     /// <summary>Closes a raw descriptor.</summary>
     internal static void Close(int fd) => Posix.close(fd);
 

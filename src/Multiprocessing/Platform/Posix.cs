@@ -44,6 +44,9 @@ internal static unsafe partial class Posix
     internal static partial nint read(int fd, byte* buffer, nint count);
 
     [LibraryImport(Libc, SetLastError = true)]
+    internal static partial nint write(int fd, byte* buffer, nint count);
+
+    [LibraryImport(Libc, SetLastError = true)]
     internal static partial int kill(int pid, int sig);
 
     [LibraryImport(Libc, SetLastError = true)]

@@ -32,9 +32,14 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
     private int? _exitCode;
     private Socket? _control;
 
-    internal ChildProcess(Delegate target, string? name, bool daemon)
+    private readonly IReadOnlyDictionary<string, string>? _environment;
+    private readonly bool _ownsChannel;
+
+    internal ChildProcess(Delegate target, string? name, bool daemon, IReadOnlyDictionary<string, string>? environment = null, bool ownsChannel = false)
     {
         _target = target;
+        _environment = environment;
+        _ownsChannel = ownsChannel;
         _identity = ProcessRuntime.NextChildIdentity();
         _name = name ?? "Process-" + string.Join(':', _identity);
         _daemon = daemon;
@@ -105,7 +110,7 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
             // Everything that can fail because of the target fails here, before a process exists.
             var payload = DelegateSerializer.Serialize(_target);
 
-            var child = Launcher.Acquire(Mp.StartMethod, out var environmentDelta);
+            var child = Launcher.Acquire(Mp.StartMethod, _environment, out var environmentDelta);
             var current = ProcessRuntime.Current;
             var job = new ProcessJob
             {
@@ -116,6 +121,7 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
                 ParentName = current.Name,
                 WorkingDirectory = Environment.CurrentDirectory,
                 ParentExitGracePeriod = Mp.ParentExitGracePeriod,
+                OwnsChannel = _ownsChannel,
                 Environment = environmentDelta,
                 Assemblies = ChildRuntime.ForeignAssemblies(),
                 Target = payload,
@@ -135,8 +141,20 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
                 ProcessRuntime.Logger.LogWarning(ex, "Process {Name} (pid {Pid}) exited before it received its target", _name, child.Pid);
             }
 
-            _ = WatchAsync(child.Control);
+            if (!_ownsChannel) _ = WatchAsync(child.Control);
         }
+    }
+
+    /// <summary>The parent's end of the control socket, for a process started with ownsChannel (a pool worker).</summary>
+    internal Socket Channel => _control ?? throw new InvalidOperationException("not started");
+
+    /// <summary>Called by the owner of <see cref="Channel"/> when it reached end of stream: waits for the exit
+    /// status and reaps the process.</summary>
+    internal async Task ChannelClosedAsync()
+    {
+        if (!OsProcess.HasExited(_pid!.Value, block: false))
+            await Task.Factory.StartNew(() => OsProcess.HasExited(_pid.Value, block: true), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
+        Reap();
     }
 
     /// <summary>Waits for the child to exit.</summary>
@@ -244,9 +262,7 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
             }
 
             // The socket closes while the process tears down; the exit status follows within moments.
-            if (!OsProcess.HasExited(_pid!.Value, block: false))
-                await Task.Factory.StartNew(() => OsProcess.HasExited(_pid.Value, block: true), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
-            Reap();
+            await ChannelClosedAsync().ConfigureAwait(false);
         }
         catch (Exception ex)
         {

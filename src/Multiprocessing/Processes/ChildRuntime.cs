@@ -12,6 +12,9 @@ namespace Multiprocessing.Processes;
 /// </summary>
 internal static class ChildRuntime
 {
+    /// <summary>The control descriptor, for a target started with <see cref="ProcessJob.OwnsChannel"/>.</summary>
+    internal static int Channel { get; private set; } = -1;
+
     /// <summary>Runs the child and returns its exit code.</summary>
     internal static int Run()
     {
@@ -32,12 +35,20 @@ internal static class ChildRuntime
 
         var parentExited = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         ProcessRuntime.BecomeChild(job, parentExited.Task);
-        var lifeline = new Thread(() => WatchParent(control, parentExited, job.ParentExitGracePeriod))
+        if (job.OwnsChannel)
         {
-            IsBackground = true,
-            Name = "Multiprocessing parent lifeline",
-        };
-        lifeline.Start();
+            // The target reads the channel itself and treats its end as the parent's death.
+            Channel = control;
+        }
+        else
+        {
+            var lifeline = new Thread(() => WatchParent(control, parentExited, job.ParentExitGracePeriod))
+            {
+                IsBackground = true,
+                Name = "Multiprocessing parent lifeline",
+            };
+            lifeline.Start();
+        }
 
         try
         {

@@ -26,9 +26,14 @@ internal static class Launcher
 
     /// <summary>Gets a child runtime ready for a job: the warm spare when the start method allows and the
     /// environment still matches what it booted with, else a new one.</summary>
-    internal static LaunchedChild Acquire(StartMethod method, out IReadOnlyList<KeyValuePair<string, string?>> environmentDelta)
+    internal static LaunchedChild Acquire(StartMethod method, IReadOnlyDictionary<string, string>? extraEnvironment, out IReadOnlyList<KeyValuePair<string, string?>> environmentDelta)
     {
         var environment = CurrentEnvironment();
+        if (extraEnvironment is not null)
+        {
+            foreach (var (key, value) in extraEnvironment) environment[key] = value;
+        }
+
         environmentDelta = [];
         if (method != StartMethod.Prespawn)
         {
@@ -51,7 +56,9 @@ internal static class Launcher
         }
 
         var result = spare ?? Launch(environment);
-        var next = Launch(environment);
+
+        // The next spare boots with the plain environment; per-worker variables are applied as a delta.
+        var next = Launch(extraEnvironment is null ? environment : CurrentEnvironment());
         lock (SpareGate)
         {
             (_spare, next) = (next, _spare);

@@ -21,6 +21,9 @@ internal sealed class ProcessJob
     /// <summary>The parent's <see cref="Mp.ParentExitGracePeriod"/>, which the child applies.</summary>
     internal required TimeSpan ParentExitGracePeriod { get; init; }
 
+    /// <summary>The target takes over descriptor 3 (a pool worker's task channel), so no lifeline thread reads it.</summary>
+    internal bool OwnsChannel { get; init; }
+
     /// <summary>Variables to set before user code runs (a warm spare was started with an older environment).</summary>
     internal required IReadOnlyList<KeyValuePair<string, string?>> Environment { get; init; }
 
@@ -40,6 +43,7 @@ internal sealed class ProcessJob
         w.String(ParentName);
         w.String(WorkingDirectory);
         w.Int64(ParentExitGracePeriod.Ticks);
+        w.Bool(OwnsChannel);
         w.Int32(Environment.Count);
         foreach (var (key, value) in Environment)
         {
@@ -69,6 +73,7 @@ internal sealed class ProcessJob
         var parentName = r.String()!;
         var cwd = r.String()!;
         var grace = TimeSpan.FromTicks(r.Int64());
+        bool ownsChannel = r.Bool();
         var env = new KeyValuePair<string, string?>[r.Int32()];
         for (int i = 0; i < env.Length; i++) env[i] = new(r.String()!, r.String());
         var assemblies = new KeyValuePair<string, string>[r.Int32()];
@@ -77,7 +82,7 @@ internal sealed class ProcessJob
         return new ProcessJob
         {
             Name = name, Identity = identity, Daemon = daemon, ParentPid = parentPid, ParentName = parentName,
-            WorkingDirectory = cwd, ParentExitGracePeriod = grace, Environment = env, Assemblies = assemblies, Target = target,
+            WorkingDirectory = cwd, ParentExitGracePeriod = grace, OwnsChannel = ownsChannel, Environment = env, Assemblies = assemblies, Target = target,
         };
     }
 }

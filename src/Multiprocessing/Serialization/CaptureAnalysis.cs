@@ -28,11 +28,14 @@ internal static class CaptureAnalysis
 
     /// <summary>The closure fields (by module and metadata token) that <paramref name="method"/> may read, or null
     /// when its IL cannot be read (then every field travels).</summary>
-    internal static HashSet<(Module, int)>? UsedClosureFields(MethodInfo method)
+    internal static HashSet<(Module, int)>? UsedClosureFields(MethodInfo method) => Cache.GetOrAdd(method, static m =>
     {
         var used = new HashSet<(Module, int)>();
-        return Walk(method, used, []) ? used : null;
-    }
+        return Walk(m, used, []) ? used : null;
+    });
+
+    // Per method, not per delegate: ApplyAsync in a loop sends a new closure of the same lambda every time.
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<MethodInfo, HashSet<(Module, int)>?> Cache = new();
 
     private static bool Walk(MethodBase method, HashSet<(Module, int)> used, HashSet<MethodBase> seen)
     {

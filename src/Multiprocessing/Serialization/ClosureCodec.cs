@@ -53,12 +53,18 @@ internal static class ClosureCodec
         return target;
     }
 
+    private static readonly Dictionary<Type, FieldInfo[]> Fields = [];
+
     private static FieldInfo[] FieldsOf(Type type)
     {
-        var fields = type.GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic);
+        lock (Fields)
+        {
+            if (Fields.TryGetValue(type, out var cached)) return cached;
+            var fields = type.GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic);
 
-        // Declaration order is metadata order on both sides of the same build.
-        Array.Sort(fields, static (a, b) => a.MetadataToken.CompareTo(b.MetadataToken));
-        return fields;
+            // Declaration order is metadata order on both sides of the same build.
+            Array.Sort(fields, static (a, b) => a.MetadataToken.CompareTo(b.MetadataToken));
+            return Fields[type] = fields;
+        }
     }
 }

@@ -52,6 +52,22 @@ internal static class DelegateCodec
         }
     }
 
+    private static readonly Dictionary<(Type, int), MethodInfo> Methods = [];
+
+    private static MethodInfo MethodOf(Type declaring, int token)
+    {
+        lock (Methods)
+        {
+            if (Methods.TryGetValue((declaring, token), out var cached)) return cached;
+
+            // The declaring type's build was checked when it was read, so the token means the same method here.
+            var method = (MethodInfo)(declaring.Module.ResolveMethod(token)
+                ?? throw new MissingMethodException($"no method with token 0x{token:x8} on {declaring}"));
+            if (declaring.IsGenericType) method = (MethodInfo)MethodBase.GetMethodFromHandle(method.MethodHandle, declaring.TypeHandle)!;
+            return Methods[(declaring, token)] = method;
+        }
+    }
+
     private static Delegate ReadOne(WireReader reader, Type delegateType)
     {
         var declaring = TypeNames.Read(reader);
@@ -65,10 +81,7 @@ internal static class DelegateCodec
             target = ValueCodec.Read(reader, targetType);
         }
 
-        // The declaring type's build was checked when it was read, so the token means the same method here.
-        var method = (MethodInfo)(declaring.Module.ResolveMethod(token)
-            ?? throw new MissingMethodException($"no method with token 0x{token:x8} on {declaring}"));
-        if (declaring.IsGenericType) method = (MethodInfo)MethodBase.GetMethodFromHandle(method.MethodHandle, declaring.TypeHandle)!;
+        var method = MethodOf(declaring, token);
         if (genericArgs.Length > 0) method = method.MakeGenericMethod(genericArgs);
         return Delegate.CreateDelegate(delegateType, target, method);
     }

@@ -1,48 +1,40 @@
-using System.Buffers;
 using System.Buffers.Binary;
 using System.Text;
 
 namespace Multiprocessing.Serialization;
 
 /// <summary>
-/// The library's own compact encoding for what a child must read before it can run anything: its job, the target
-/// delegate and the closure's primitive fields. It lives in this (ReadyToRun) assembly on purpose: decoding the
-/// same through MessagePack cost a fresh child about 20 ms of loading and JIT. Values that need a real serializer
-/// are embedded as MessagePack blobs (<see cref="ValueCodec"/>). Little-endian, fixed-width, length-prefixed.
+/// The library's own compact encoding for what a child must read before it can run anything (its job, the target
+/// delegate, a closure's primitive fields) and for the pool's task and result frames. It lives in this (ReadyToRun)
+/// assembly on purpose: decoding the same through MessagePack cost a fresh child about 20 ms of loading and JIT.
+/// Values that need a real serializer are embedded as MessagePack blobs (<see cref="ValueCodec"/>).
+/// Little-endian, fixed-width, length-prefixed. Reusable: <see cref="Reset"/> keeps the buffer.
 /// </summary>
-internal sealed class WireWriter
+internal sealed class WireWriter(int capacity = 256)
 {
-    private readonly ArrayBufferWriter<byte> _buffer;
+    private byte[] _buffer = new byte[Math.Max(capacity, 16)];
+    private int _length;
 
-    internal WireWriter(int capacity = 256) => _buffer = new ArrayBufferWriter<byte>(capacity);
+    internal int Length => _length;
 
-    internal ReadOnlyMemory<byte> Written => _buffer.WrittenMemory;
+    internal ReadOnlyMemory<byte> Written => _buffer.AsMemory(0, _length);
 
-    internal void Byte(byte value)
-    {
-        _buffer.GetSpan(1)[0] = value;
-        _buffer.Advance(1);
-    }
+    internal ReadOnlySpan<byte> WrittenSpan => _buffer.AsSpan(0, _length);
+
+    internal void Reset() => _length = 0;
+
+    /// <summary>Drops everything written after <paramref name="length"/> bytes (a half-written item).</summary>
+    internal void Truncate(int length) => _length = length;
+
+    internal void Byte(byte value) => Reserve(1)[0] = value;
 
     internal void Bool(bool value) => Byte((byte)(value ? 1 : 0));
 
-    internal void Int16(short value)
-    {
-        BinaryPrimitives.WriteInt16LittleEndian(_buffer.GetSpan(2), value);
-        _buffer.Advance(2);
-    }
+    internal void Int16(short value) => BinaryPrimitives.WriteInt16LittleEndian(Reserve(2), value);
 
-    internal void Int32(int value)
-    {
-        BinaryPrimitives.WriteInt32LittleEndian(_buffer.GetSpan(4), value);
-        _buffer.Advance(4);
-    }
+    internal void Int32(int value) => BinaryPrimitives.WriteInt32LittleEndian(Reserve(4), value);
 
-    internal void Int64(long value)
-    {
-        BinaryPrimitives.WriteInt64LittleEndian(_buffer.GetSpan(8), value);
-        _buffer.Advance(8);
-    }
+    internal void Int64(long value) => BinaryPrimitives.WriteInt64LittleEndian(Reserve(8), value);
 
     internal void Single(float value) => Int32(BitConverter.SingleToInt32Bits(value));
 
@@ -57,30 +49,58 @@ internal sealed class WireWriter
             return;
         }
 
-        int max = Encoding.UTF8.GetMaxByteCount(value.Length);
-        var span = _buffer.GetSpan(4 + max);
-        int n = Encoding.UTF8.GetBytes(value, span[4..]);
-        BinaryPrimitives.WriteInt32LittleEndian(span, n);
-        _buffer.Advance(4 + n);
+        Grow(4 + Encoding.UTF8.GetMaxByteCount(value.Length));
+        int n = Encoding.UTF8.GetBytes(value, _buffer.AsSpan(_length + 4));
+        BinaryPrimitives.WriteInt32LittleEndian(_buffer.AsSpan(_length), n);
+        _length += 4 + n;
     }
 
     internal void Bytes(ReadOnlySpan<byte> value)
     {
         Int32(value.Length);
-        value.CopyTo(_buffer.GetSpan(value.Length));
-        _buffer.Advance(value.Length);
+        value.CopyTo(Reserve(value.Length));
     }
 
-    /// <summary>Gives a MessagePack writer the rest of the buffer; used for values embedded as MessagePack.</summary>
-    internal IBufferWriter<byte> Raw => _buffer;
+    /// <summary>Starts a length-prefixed frame; returns the position to give <see cref="EndFrame"/>.</summary>
+    internal int BeginFrame(byte op)
+    {
+        int start = _length;
+        Int32(0);
+        Byte(op);
+        return start;
+    }
+
+    /// <summary>Writes the frame's length (everything after the 4-byte prefix).</summary>
+    internal void EndFrame(int start) => BinaryPrimitives.WriteInt32LittleEndian(_buffer.AsSpan(start), _length - start - 4);
+
+    private Span<byte> Reserve(int n)
+    {
+        Grow(n);
+        var span = _buffer.AsSpan(_length, n);
+        _length += n;
+        return span;
+    }
+
+    private void Grow(int n)
+    {
+        if (_length + n <= _buffer.Length) return;
+        Array.Resize(ref _buffer, Math.Max(_buffer.Length * 2, _length + n));
+    }
 }
 
 /// <summary>Reads what <see cref="WireWriter"/> wrote.</summary>
 internal sealed class WireReader(ReadOnlyMemory<byte> data)
 {
+    private ReadOnlyMemory<byte> _data = data;
     private int _position;
 
-    internal bool AtEnd => _position >= data.Length;
+    internal bool AtEnd => _position >= _data.Length;
+
+    internal void Reset(ReadOnlyMemory<byte> data)
+    {
+        _data = data;
+        _position = 0;
+    }
 
     internal byte Byte() => Take(1)[0];
 
@@ -105,16 +125,16 @@ internal sealed class WireReader(ReadOnlyMemory<byte> data)
     internal ReadOnlyMemory<byte> Bytes()
     {
         int n = Int32();
-        if (n < 0 || n > data.Length - _position) throw new InvalidDataException($"a field claims {n} bytes but {data.Length - _position} remain");
-        var result = data.Slice(_position, n);
+        if (n < 0 || n > _data.Length - _position) throw new InvalidDataException($"a field claims {n} bytes but {_data.Length - _position} remain");
+        var result = _data.Slice(_position, n);
         _position += n;
         return result;
     }
 
     private ReadOnlySpan<byte> Take(int n)
     {
-        if (n < 0 || n > data.Length - _position) throw new InvalidDataException($"truncated payload: {n} bytes wanted at offset {_position} of {data.Length}");
-        var span = data.Span.Slice(_position, n);
+        if (n < 0 || n > _data.Length - _position) throw new InvalidDataException($"truncated payload: {n} bytes wanted at offset {_position} of {_data.Length}");
+        var span = _data.Span.Slice(_position, n);
         _position += n;
         return span;
     }

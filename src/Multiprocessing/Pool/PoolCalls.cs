@@ -1,0 +1,309 @@
+using Multiprocessing.Serialization;
+
+namespace Multiprocessing.Pool;
+
+/// <summary>A chunk of a call, queued or running on a worker.</summary>
+internal readonly record struct ChunkRef(PoolCall Call, int Chunk);
+
+/// <summary>One outcome of one item: a value or the remote failure.</summary>
+internal readonly record struct Outcome<T>(T Value, Exception? Error);
+
+/// <summary>
+/// One Map, IMap or Apply call: the function it runs (registered once per worker) and its chunks. All members are
+/// called under the pool's lock; what reaches user code (callbacks, progress) is posted to the result thread.
+/// </summary>
+internal abstract class PoolCall(ProcessPool pool, int id, int funcId, ReadOnlyMemory<byte> function)
+{
+    internal int Id { get; } = id;
+
+    internal int FuncId { get; } = funcId;
+
+    internal ReadOnlyMemory<byte> Function { get; } = function;
+
+    internal ProcessPool Pool { get; } = pool;
+
+    /// <summary>Chunks handed to the pool and not yet answered.</summary>
+    internal int Outstanding { get; set; }
+
+    /// <summary>No more chunks will be added and none is outstanding.</summary>
+    internal abstract bool Finished { get; }
+
+    /// <summary>Writes the chunk's item count and items.</summary>
+    internal abstract void Encode(int chunk, WireWriter writer);
+
+    /// <summary>Reads the chunk's outcomes.</summary>
+    internal abstract void Complete(int chunk, WireReader reader);
+
+    /// <summary>The whole chunk failed: its worker died, the pool was terminated, or its items could not be encoded.</summary>
+    internal abstract void Fail(int chunk, Exception error);
+
+    /// <summary>The pool was terminated: everything not yet delivered fails.</summary>
+    internal abstract void Abort(Exception error);
+
+    /// <summary>The consumer stopped early: no more chunks will come.</summary>
+    internal virtual void Abandon()
+    {
+    }
+
+    protected static Outcome<T> ReadOutcome<T>(WireReader reader)
+    {
+        if (reader.Byte() == PoolProtocol.ItemOk) return new(ItemCodec<T>.Read(reader), null);
+        var error = new RemoteException(reader.String()!, reader.String()!, reader.String()!, reader.String()!);
+        return new(default!, error);
+    }
+}
+
+/// <summary>Map, StarMap and their Async forms: the input is materialized (as Python does) and results land in
+/// place.</summary>
+internal sealed class MapCall<T, TResult> : PoolCall
+{
+    private readonly T[] _items;
+    private readonly int _chunksize;
+    private readonly TResult[] _results;
+    private readonly AsyncResult<List<TResult>> _result;
+    private readonly Action<List<TResult>>? _callback;
+    private readonly Action<Exception>? _errorCallback;
+    private readonly IProgress<MapProgress>? _progress;
+    private Exception? _firstError;
+    private int _firstErrorIndex = int.MaxValue;
+    private long _done;
+
+    internal MapCall(ProcessPool pool, int id, int funcId, ReadOnlyMemory<byte> function, T[] items, int chunksize, AsyncResult<List<TResult>> result,
+        Action<List<TResult>>? callback, Action<Exception>? errorCallback, IProgress<MapProgress>? progress)
+        : base(pool, id, funcId, function)
+    {
+        _items = items;
+        _chunksize = chunksize;
+        _results = new TResult[items.Length];
+        _result = result;
+        _callback = callback;
+        _errorCallback = errorCallback;
+        _progress = progress;
+        ChunkCount = (items.Length + chunksize - 1) / chunksize;
+    }
+
+    internal int ChunkCount { get; }
+
+    internal override bool Finished => Outstanding == 0;
+
+    internal override void Encode(int chunk, WireWriter writer)
+    {
+        int start = chunk * _chunksize;
+        int count = Math.Min(_chunksize, _items.Length - start);
+        writer.Int32(count);
+        for (int i = start; i < start + count; i++) ItemCodec<T>.Write(writer, _items[i]);
+    }
+
+    internal override void Complete(int chunk, WireReader reader)
+    {
+        int start = chunk * _chunksize;
+        int count = reader.Int32();
+        for (int i = start; i < start + count; i++)
+        {
+            var outcome = ReadOutcome<TResult>(reader);
+            if (outcome.Error is null) _results[i] = outcome.Value;
+            else Record(i, outcome.Error);
+        }
+
+        Advance(count);
+    }
+
+    internal override void Fail(int chunk, Exception error)
+    {
+        int start = chunk * _chunksize;
+        int count = Math.Min(_chunksize, _items.Length - start);
+        Record(start, error);
+        Advance(count);
+    }
+
+    internal override void Abort(Exception error)
+    {
+        Record(-1, error);
+        Finish();
+    }
+
+    /// <summary>Completes at once when there is nothing to run.</summary>
+    internal void FinishIfEmpty()
+    {
+        if (ChunkCount == 0) Finish();
+    }
+
+    private void Record(int index, Exception error)
+    {
+        // Python raises the failure of the earliest item; a termination trumps everything.
+        if (index < _firstErrorIndex)
+        {
+            _firstErrorIndex = index;
+            _firstError = error;
+        }
+    }
+
+    private void Advance(int count)
+    {
+        _done += count;
+        if (_progress is { } progress)
+        {
+            var report = new MapProgress(_done, _items.Length);
+            Pool.Post(() => progress.Report(report));
+        }
+
+        if (Outstanding == 0) Finish();
+    }
+
+    private void Finish()
+    {
+        if (_firstError is { } error)
+        {
+            if (_errorCallback is { } onError) Pool.Post(() => onError(error), () => _result.SetException(error));
+            else _result.SetException(error);
+            return;
+        }
+
+        var list = new List<TResult>(_results);
+        if (_callback is { } onResult) Pool.Post(() => onResult(list), () => _result.SetResult(list));
+        else _result.SetResult(list);
+    }
+}
+
+/// <summary>Apply and ApplyAsync: one chunk without items.</summary>
+internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, ReadOnlyMemory<byte> function, AsyncResult<TResult> result,
+    Action<TResult>? callback, Action<Exception>? errorCallback)
+    : PoolCall(pool, id, funcId, function)
+{
+    internal override bool Finished => Outstanding == 0;
+
+    internal override void Encode(int chunk, WireWriter writer) => writer.Int32(0);
+
+    internal override void Complete(int chunk, WireReader reader)
+    {
+        reader.Int32();
+        var outcome = ReadOutcome<TResult>(reader);
+        if (outcome.Error is null) Succeed(outcome.Value);
+        else Fail(chunk, outcome.Error);
+    }
+
+    internal override void Fail(int chunk, Exception error)
+    {
+        if (errorCallback is { } onError) Pool.Post(() => onError(error), () => result.SetException(error));
+        else result.SetException(error);
+    }
+
+    internal override void Abort(Exception error) => Fail(0, error);
+
+    private void Succeed(TResult value)
+    {
+        if (callback is { } onResult) Pool.Post(() => onResult(value), () => result.SetResult(value));
+        else result.SetResult(value);
+    }
+}
+
+/// <summary>
+/// IMap and IMapUnordered: the consumer's thread pulls the source lazily, at most <see cref="PoolOptions.MaxReadAhead"/>
+/// items ahead of what it has consumed, and waits on <see cref="Signal"/> for outcomes.
+/// </summary>
+internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcId, ReadOnlyMemory<byte> function, int chunksize, bool ordered,
+    long? total, IProgress<MapProgress>? progress)
+    : PoolCall(pool, id, funcId, function)
+{
+    private readonly Dictionary<int, T[]> _unsent = [];
+    private readonly Dictionary<int, int> _sizes = [];
+    private readonly Dictionary<long, Outcome<TResult>> _byIndex = [];
+    private readonly Queue<Outcome<TResult>> _arrived = new();
+    private long _nextToYield;
+    private long _done;
+    private Exception? _aborted;
+
+    /// <summary>Released whenever outcomes arrive.</summary>
+    internal SemaphoreSlim Signal { get; } = new(0);
+
+    internal long Taken { get; private set; }
+
+    internal long Yielded { get; private set; }
+
+    internal bool SourceDone { get; set; }
+
+    internal int Chunks { get; private set; }
+
+    internal int Chunksize => chunksize;
+
+    internal override bool Finished => SourceDone && Outstanding == 0;
+
+    internal override void Abandon() => SourceDone = true;
+
+    /// <summary>Adds a chunk of items pulled from the source; returns its index.</summary>
+    internal int Add(T[] items)
+    {
+        int chunk = Chunks++;
+        _unsent[chunk] = items;
+        _sizes[chunk] = items.Length;
+        Taken += items.Length;
+        return chunk;
+    }
+
+    internal override void Encode(int chunk, WireWriter writer)
+    {
+        var items = _unsent[chunk];
+        _unsent.Remove(chunk);
+        writer.Int32(items.Length);
+        foreach (var item in items) ItemCodec<T>.Write(writer, item);
+    }
+
+    internal override void Complete(int chunk, WireReader reader)
+    {
+        int count = reader.Int32();
+        long start = (long)chunk * chunksize;
+        for (int i = 0; i < count; i++) Deliver(start + i, ReadOutcome<TResult>(reader));
+        Arrived(count);
+    }
+
+    internal override void Fail(int chunk, Exception error)
+    {
+        _unsent.Remove(chunk);
+        int count = _sizes[chunk];
+        long start = (long)chunk * chunksize;
+        for (int i = 0; i < count; i++) Deliver(start + i, new(default!, error));
+        Arrived(count);
+    }
+
+    internal override void Abort(Exception error)
+    {
+        _aborted = error;
+        Signal.Release();
+    }
+
+    /// <summary>Takes the next outcome the consumer may see, in input order or in arrival order.</summary>
+    internal bool TryTake(out Outcome<TResult> outcome)
+    {
+        if (_aborted is { } error)
+        {
+            outcome = new(default!, error);
+            return true;
+        }
+
+        bool found = ordered ? _byIndex.Remove(_nextToYield, out outcome) : _arrived.TryDequeue(out outcome);
+        if (!found) return false;
+        _nextToYield++;
+        Yielded++;
+        return true;
+    }
+
+    internal bool Exhausted => _aborted is null && SourceDone && Yielded == Taken;
+
+    private void Deliver(long index, Outcome<TResult> outcome)
+    {
+        if (ordered) _byIndex[index] = outcome;
+        else _arrived.Enqueue(outcome);
+    }
+
+    private void Arrived(int count)
+    {
+        _done += count;
+        if (progress is { } sink)
+        {
+            var report = new MapProgress(_done, SourceDone ? Taken : total);
+            Pool.Post(() => sink.Report(report));
+        }
+
+        Signal.Release();
+    }
+}

@@ -1,0 +1,42 @@
+using System.Buffers.Binary;
+
+namespace Multiprocessing.Pool;
+
+/// <summary>
+/// Frames between a pool and its workers, on the worker's control socket: [length:int32][op:byte][body].
+/// Parent to worker: Define(funcId, delegate), Run(callId, chunk, funcId, count, items), Forget(funcId), Shutdown.
+/// Worker to parent: Result(callId, chunk, count, per item: status + value or error), Stats(tasks, ticks...).
+/// A worker runs its frames in order and answers in order, so the oldest unanswered chunk is the one running.
+/// </summary>
+internal static class PoolProtocol
+{
+    internal const byte Define = 1;
+    internal const byte Run = 2;
+    internal const byte Forget = 3;
+    internal const byte Shutdown = 4;
+
+    internal const byte Result = 1;
+    internal const byte Stats = 2;
+
+    internal const byte ItemOk = 0;
+    internal const byte ItemFailed = 1;
+
+    /// <summary>A frame larger than this is a corrupt stream, not a message.</summary>
+    internal const int MaxFrame = 1 << 30;
+
+    /// <summary>Finds the complete frames at the start of <paramref name="buffer"/>; returns the bytes they span.</summary>
+    internal static int CompleteFrames(ReadOnlySpan<byte> buffer, List<(int Offset, int Length)> frames)
+    {
+        int position = 0;
+        while (buffer.Length - position >= 4)
+        {
+            int length = BinaryPrimitives.ReadInt32LittleEndian(buffer[position..]);
+            if (length < 1 || length > MaxFrame) throw new InvalidDataException($"pool frame of {length} bytes");
+            if (buffer.Length - position - 4 < length) break;
+            frames.Add((position + 4, length));
+            position += 4 + length;
+        }
+
+        return position;
+    }
+}

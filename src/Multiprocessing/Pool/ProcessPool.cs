@@ -1,0 +1,826 @@
+using System.Collections.Concurrent;
+using System.Net.Sockets;
+using System.Runtime.CompilerServices;
+using Microsoft.Extensions.Logging;
+using Multiprocessing.Pool;
+using Multiprocessing.Processes;
+using Multiprocessing.Serialization;
+
+namespace Multiprocessing;
+
+/// <summary>
+/// A pool of worker processes, Python's <c>multiprocessing.Pool</c>: Map, StarMap, IMap, IMapUnordered, Apply and their
+/// Async forms, with Python's semantics. Created by <see cref="Mp.Pool"/>.
+/// </summary>
+/// <remarks>
+/// Thread-safe: any thread may submit work. Each worker holds several chunks at once and answers them in one write,
+/// so tiny tasks cost microseconds. Callbacks, error callbacks and progress reports run in this process on one
+/// result thread, in completion order, as Python's do; one that throws is logged and the pool goes on.
+/// <c>using</c> ends the pool as Python's <c>with</c> does: <see cref="Terminate"/>, then <see cref="Join"/>.
+/// Call <see cref="Close"/> and <see cref="Join"/> first to let queued work finish.
+/// </remarks>
+public sealed class ProcessPool : IDisposable, IAsyncDisposable
+{
+    private static int _workerCounter;
+    private static int _callCounter;
+
+    private readonly object _gate = new();
+    private readonly PoolOptions _options;
+    private readonly Action? _initializer;
+    private readonly int? _maxTasksPerChild;
+    private readonly WorkerHandle?[] _slots;
+    private readonly SlotTotals[] _totals;
+    private readonly List<WorkerHandle> _workers = [];
+    private readonly LinkedList<ChunkRef> _pending = new();
+    private readonly HashSet<PoolCall> _calls = [];
+    private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly Lazy<ResultThread> _resultThread;
+    private State _state = State.Running;
+
+    internal ProcessPool(int? processes, Action? initializer, int? maxTasksPerChild, PoolOptions? options)
+    {
+        if (processes is < 1) throw new ArgumentOutOfRangeException(nameof(processes), processes, "Number of processes must be at least 1.");
+        if (maxTasksPerChild is < 1) throw new ArgumentOutOfRangeException(nameof(maxTasksPerChild), maxTasksPerChild, "maxTasksPerChild must be at least 1, or null for no limit.");
+        Processes = processes ?? Mp.CpuCount;
+        _initializer = initializer;
+        _maxTasksPerChild = maxTasksPerChild;
+        _options = options ?? new PoolOptions();
+        _slots = new WorkerHandle?[Processes];
+        _totals = new SlotTotals[Processes];
+        _resultThread = new(() => new ResultThread(ProcessRuntime.Logger));
+        lock (_gate)
+        {
+            try
+            {
+                for (int i = 0; i < Processes; i++) StartWorker(i);
+            }
+            catch
+            {
+                _state = State.Terminated;
+                foreach (var worker in _workers) worker.Process.Kill();
+                throw;
+            }
+        }
+    }
+
+    private enum State
+    {
+        Running,
+        Closed,
+        Terminated,
+    }
+
+    /// <summary>The number of worker processes.</summary>
+    public int Processes { get; }
+
+    /// <summary>Applies <paramref name="func"/> to every item and returns the results in order (Python's <c>map</c>).
+    /// The input is read whole first, as Python does; use <see cref="IMap{T, TResult}"/> for lazy input.</summary>
+    /// <param name="func">The function; it and what it captures travel to the workers once per call.</param>
+    /// <param name="iterable">The items.</param>
+    /// <param name="chunksize">Items per task; by default Python's rule, about len / (4 x processes).</param>
+    /// <param name="progress">Receives (done, total) on the result thread as chunks complete.</param>
+    /// <param name="cancellationToken">Stops waiting (the tasks keep running).</param>
+    /// <returns>The results, in input order.</returns>
+    /// <exception cref="RemoteException">A task threw; the earliest failing item's exception is raised after the
+    /// other tasks finished.</exception>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
+    public List<TResult> Map<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        Wait(MapAsync(func, iterable, chunksize, progress: progress), cancellationToken);
+
+    /// <summary>Starts a <see cref="Map{T, TResult}"/> and returns at once (Python's <c>map_async</c>).</summary>
+    /// <param name="func">The function.</param>
+    /// <param name="iterable">The items.</param>
+    /// <param name="chunksize">Items per task; by default Python's rule.</param>
+    /// <param name="callback">Runs on the result thread with the results, before the result is ready.</param>
+    /// <param name="errorCallback">Runs on the result thread with the failure, before the result is ready.</param>
+    /// <param name="progress">Receives (done, total) on the result thread.</param>
+    /// <returns>The pending result; awaitable.</returns>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
+    public AsyncResult<List<TResult>> MapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null,
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(func);
+        ArgumentNullException.ThrowIfNull(iterable);
+        if (chunksize is < 1) throw new ArgumentOutOfRangeException(nameof(chunksize), chunksize, "Chunksize must be 1 or more.");
+        var items = iterable.ToArray();
+        int size = chunksize ?? DefaultChunksize(items.Length);
+        var function = DelegateSerializer.Serialize(func);
+        var result = new AsyncResult<List<TResult>>();
+        lock (_gate)
+        {
+            ThrowIfNotRunning();
+            var call = new MapCall<T, TResult>(this, NextCallId(), NextCallId(), function, items, size, result, callback, errorCallback, progress);
+            if (call.ChunkCount == 0)
+            {
+                call.FinishIfEmpty();
+                return result;
+            }
+
+            _calls.Add(call);
+            for (int chunk = 0; chunk < call.ChunkCount; chunk++) Enqueue(call, chunk);
+            Pump();
+        }
+
+        return result;
+    }
+
+    /// <summary>Map over tuples, unpacking each into the function's arguments (Python's <c>starmap</c>).</summary>
+    /// <exception cref="RemoteException">A task threw.</exception>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public List<TResult> StarMap<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        Map(Star(func), iterable, chunksize, progress, cancellationToken);
+
+    /// <summary>Map over 3-tuples, unpacking each into the function's arguments (Python's <c>starmap</c>).</summary>
+    /// <exception cref="RemoteException">A task threw.</exception>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public List<TResult> StarMap<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        Map(Star(func), iterable, chunksize, progress, cancellationToken);
+
+    /// <summary>Starts a <see cref="StarMap{T1, T2, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public AsyncResult<List<TResult>> StarMapAsync<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null,
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null) =>
+        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress);
+
+    /// <summary>Starts a <see cref="StarMap{T1, T2, T3, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public AsyncResult<List<TResult>> StarMapAsync<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null,
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null) =>
+        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress);
+
+    /// <summary>Lazy, ordered map (Python's <c>imap</c>): results arrive in input order as the consumer asks for them. The
+    /// input is read lazily, at most <see cref="PoolOptions.MaxReadAhead"/> items ahead, so an endless sequence works.</summary>
+    /// <param name="func">The function.</param>
+    /// <param name="iterable">The items; read on the consuming thread.</param>
+    /// <param name="chunksize">Items per task (default 1, as Python).</param>
+    /// <param name="progress">Receives (done, total) on the result thread.</param>
+    /// <returns>The results; a failed item throws its <see cref="RemoteException"/> when reached.</returns>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
+    public IEnumerable<TResult> IMap<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null) =>
+        Stream(func, iterable, chunksize, ordered: true, progress);
+
+    /// <summary>Lazy map in completion order (Python's <c>imap_unordered</c>).</summary>
+    /// <param name="func">The function.</param>
+    /// <param name="iterable">The items; read on the consuming thread.</param>
+    /// <param name="chunksize">Items per task (default 1).</param>
+    /// <param name="progress">Receives (done, total) on the result thread.</param>
+    /// <returns>The results as they complete.</returns>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
+    public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null) =>
+        Stream(func, iterable, chunksize, ordered: false, progress);
+
+    /// <summary><see cref="IMap{T, TResult}"/> as an async stream: waiting for results blocks no thread.</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        StreamAsync(func, iterable, chunksize, ordered: true, progress, cancellationToken);
+
+    /// <summary><see cref="IMapUnordered{T, TResult}"/> as an async stream.</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
+        StreamAsync(func, iterable, chunksize, ordered: false, progress, cancellationToken);
+
+    /// <summary>Runs <paramref name="func"/> in one worker and returns its result (Python's <c>apply</c>).</summary>
+    /// <param name="func">The function, usually a lambda carrying its arguments: <c>pool.Apply(() =&gt; F(20))</c>.</param>
+    /// <param name="cancellationToken">Stops waiting (the task keeps running).</param>
+    /// <returns>The result.</returns>
+    /// <exception cref="RemoteException">The task threw.</exception>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public TResult Apply<TResult>(Func<TResult> func, CancellationToken cancellationToken = default) => Wait(ApplyAsync(func), cancellationToken);
+
+    /// <summary>Starts <paramref name="func"/> in one worker and returns at once (Python's <c>apply_async</c>).</summary>
+    /// <param name="func">The function.</param>
+    /// <param name="callback">Runs on the result thread with the result, before the result is ready.</param>
+    /// <param name="errorCallback">Runs on the result thread with the failure.</param>
+    /// <returns>The pending result; awaitable.</returns>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
+    public AsyncResult<TResult> ApplyAsync<TResult>(Func<TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null)
+    {
+        ArgumentNullException.ThrowIfNull(func);
+        var function = DelegateSerializer.Serialize(func);
+        var result = new AsyncResult<TResult>();
+        lock (_gate)
+        {
+            ThrowIfNotRunning();
+            var call = new ApplyCall<TResult>(this, NextCallId(), NextCallId(), function, result, callback, errorCallback);
+            _calls.Add(call);
+            Enqueue(call, 0);
+            Pump();
+        }
+
+        return result;
+    }
+
+    /// <summary>What each worker slot has done so far.</summary>
+    /// <returns>One entry per slot.</returns>
+    public IReadOnlyList<WorkerStatistics> GetWorkerStatistics()
+    {
+        lock (_gate)
+        {
+            var result = new WorkerStatistics[Processes];
+            for (int i = 0; i < Processes; i++)
+            {
+                var totals = _totals[i];
+                long tasks = totals.Tasks, busy = totals.Busy, idle = totals.Idle, serialize = totals.Serialize;
+                if (_slots[i] is { } live)
+                {
+                    tasks += live.Tasks;
+                    busy += live.BusyTicks;
+                    idle += live.IdleTicks;
+                    serialize += live.SerializeTicks;
+                }
+
+                result[i] = new WorkerStatistics(i, _slots[i]?.Process.Pid, tasks, Ticks(busy), Ticks(idle), Ticks(serialize));
+            }
+
+            return result;
+        }
+    }
+
+    /// <summary>Accepts no more work; queued and running tasks finish, then the workers exit (Python's <c>close</c>).</summary>
+    public void Close()
+    {
+        lock (_gate)
+        {
+            if (_state != State.Running) return;
+            _state = State.Closed;
+            RetireIfDrained();
+        }
+    }
+
+    /// <summary>Kills the workers now; every pending result fails with <see cref="PoolTerminatedException"/>
+    /// (Python's <c>terminate</c>). Returns without waiting for them to be reaped; see <see cref="Join"/>.</summary>
+    public void Terminate()
+    {
+        List<PoolCall> calls;
+        lock (_gate)
+        {
+            if (_state == State.Terminated) return;
+            _state = State.Terminated;
+            calls = [.. _calls];
+            _calls.Clear();
+            _pending.Clear();
+            foreach (var worker in _workers)
+            {
+                worker.InFlight.Clear();
+                worker.Process.Kill();
+            }
+
+            var error = new PoolTerminatedException();
+            foreach (var call in calls) call.Abort(error);
+            CompleteIfAllExited();
+        }
+    }
+
+    /// <summary>Waits for the workers to exit (Python's <c>join</c>).</summary>
+    /// <exception cref="InvalidOperationException">The pool is still running: call <see cref="Close"/> or
+    /// <see cref="Terminate"/> first.</exception>
+    public void Join()
+    {
+        ThrowIfRunning();
+        _allExited.Task.Wait();
+    }
+
+    /// <summary>Waits for the workers to exit without blocking a thread.</summary>
+    /// <exception cref="InvalidOperationException">The pool is still running.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
+    public Task JoinAsync(CancellationToken cancellationToken = default)
+    {
+        ThrowIfRunning();
+        return _allExited.Task.WaitAsync(cancellationToken);
+    }
+
+    /// <summary>Terminates the pool and waits for its workers, as Python's <c>with</c> block does. Never throws.</summary>
+    public void Dispose()
+    {
+        Terminate();
+        _allExited.Task.Wait();
+        StopResultThread();
+    }
+
+    /// <summary>As <see cref="Dispose"/>, without blocking a thread.</summary>
+    public async ValueTask DisposeAsync()
+    {
+        Terminate();
+        await _allExited.Task.ConfigureAwait(false);
+        StopResultThread();
+    }
+
+    /// <summary>Runs user code (a callback, a progress report) on the result thread, then <paramref name="then"/>.</summary>
+    internal void Post(Action user, Action? then = null) => _resultThread.Value.Post(user, then);
+
+    internal static int DefaultChunksize(int length, int processes)
+    {
+        // Python: chunksize, extra = divmod(len(iterable), len(self._pool) * 4); if extra: chunksize += 1
+        int size = Math.DivRem(length, processes * 4, out int extra);
+        return Math.Max(1, extra > 0 ? size + 1 : size);
+    }
+
+    private int DefaultChunksize(int length) => DefaultChunksize(length, Processes);
+
+    private static int NextCallId() => Interlocked.Increment(ref _callCounter);
+
+    private static TimeSpan Ticks(long stopwatchTicks) => TimeSpan.FromSeconds(stopwatchTicks / (double)System.Diagnostics.Stopwatch.Frequency);
+
+    private static Func<(T1, T2), TResult> Star<T1, T2, TResult>(Func<T1, T2, TResult> func)
+    {
+        ArgumentNullException.ThrowIfNull(func);
+        return args => func(args.Item1, args.Item2);
+    }
+
+    private static Func<(T1, T2, T3), TResult> Star<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func)
+    {
+        ArgumentNullException.ThrowIfNull(func);
+        return args => func(args.Item1, args.Item2, args.Item3);
+    }
+
+    private static T Wait<T>(AsyncResult<T> result, CancellationToken cancellationToken)
+    {
+        if (cancellationToken.CanBeCanceled) result.AsTask().Wait(cancellationToken);
+        return result.Get();
+    }
+
+    private IEnumerable<TResult> Stream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress)
+    {
+        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress);
+        return Iterate(call, source);
+    }
+
+    private IEnumerable<TResult> Iterate<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source)
+    {
+        try
+        {
+            while (true)
+            {
+                TopUp(call, source);
+                Outcome<TResult> outcome;
+                bool taken;
+                lock (_gate)
+                {
+                    taken = call.TryTake(out outcome);
+                    if (!taken && call.Exhausted) yield break;
+                }
+
+                if (taken)
+                {
+                    if (outcome.Error is { } error) throw error;
+                    yield return outcome.Value;
+                    continue;
+                }
+
+                call.Signal.Wait();
+            }
+        }
+        finally
+        {
+            CloseStream(call, source);
+        }
+    }
+
+    private IAsyncEnumerable<TResult> StreamAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, CancellationToken cancellationToken)
+    {
+        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress);
+        return IterateAsync(call, source, cancellationToken);
+    }
+
+    private async IAsyncEnumerable<TResult> IterateAsync<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, [EnumeratorCancellation] CancellationToken cancellationToken)
+    {
+        try
+        {
+            while (true)
+            {
+                TopUp(call, source);
+                Outcome<TResult> outcome;
+                bool taken;
+                lock (_gate)
+                {
+                    taken = call.TryTake(out outcome);
+                    if (!taken && call.Exhausted) yield break;
+                }
+
+                if (taken)
+                {
+                    if (outcome.Error is { } error) throw error;
+                    yield return outcome.Value;
+                    continue;
+                }
+
+                await call.Signal.WaitAsync(cancellationToken).ConfigureAwait(false);
+            }
+        }
+        finally
+        {
+            CloseStream(call, source);
+        }
+    }
+
+    private (StreamCall<T, TResult> Call, IEnumerator<T> Source) OpenStream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress)
+    {
+        ArgumentNullException.ThrowIfNull(func);
+        ArgumentNullException.ThrowIfNull(iterable);
+        if (chunksize < 1) throw new ArgumentOutOfRangeException(nameof(chunksize), chunksize, "Chunksize must be 1 or more.");
+        var function = DelegateSerializer.Serialize(func);
+        long? total = iterable.TryGetNonEnumeratedCount(out int count) ? count : null;
+        lock (_gate)
+        {
+            ThrowIfNotRunning();
+            var call = new StreamCall<T, TResult>(this, NextCallId(), NextCallId(), function, chunksize, ordered, total, progress);
+            _calls.Add(call);
+            return (call, iterable.GetEnumerator());
+        }
+    }
+
+    /// <summary>Pulls from the source on the consumer's thread while the read-ahead allows, and queues the chunks.</summary>
+    private void TopUp<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source)
+    {
+        int chunksize = call.Chunksize;
+        while (true)
+        {
+            lock (_gate)
+            {
+                if (call.SourceDone || call.Taken - call.Yielded + chunksize > _options.MaxReadAhead && call.Taken > call.Yielded) return;
+            }
+
+            var items = new List<T>(chunksize);
+            bool more = true;
+            while (items.Count < chunksize && (more = source.MoveNext())) items.Add(source.Current);
+            lock (_gate)
+            {
+                if (!more) call.SourceDone = true;
+                if (items.Count > 0 && _state != State.Terminated) Enqueue(call, call.Add([.. items]));
+                Pump();
+                if (!more) return;
+            }
+        }
+    }
+
+    private void CloseStream(PoolCall call, IDisposable source)
+    {
+        source.Dispose();
+        lock (_gate)
+        {
+            call.Abandon();
+
+            // A consumer that stopped early abandons its queued chunks; running ones finish and are dropped.
+            for (var node = _pending.First; node is not null;)
+            {
+                var next = node.Next;
+                if (node.Value.Call == call)
+                {
+                    _pending.Remove(node);
+                    call.Outstanding--;
+                }
+
+                node = next;
+            }
+
+            if (call.Finished) Retire(call);
+        }
+    }
+
+    private void Enqueue(PoolCall call, int chunk)
+    {
+        call.Outstanding++;
+        _pending.AddLast(new ChunkRef(call, chunk));
+    }
+
+    /// <summary>Hands queued chunks to workers with room in their window, least loaded first, then sends.</summary>
+    private void Pump()
+    {
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        while (_pending.First is { } node)
+        {
+            WorkerHandle? target = null;
+            foreach (var worker in _slots)
+            {
+                if (worker is null || worker.Retiring || worker.InFlight.Count >= worker.Window || worker.Stalled(now)) continue;
+                if (target is null || worker.InFlight.Count < target.InFlight.Count) target = worker;
+            }
+
+            // Nobody free: the chunk waits for the first answer, as a task waits in Python's shared queue.
+            if (target is null) break;
+            if (target.InFlight.Count == 0) target.LastProgress = now;
+            _pending.RemoveFirst();
+            var (call, chunk) = node.Value;
+            var output = target.Pending;
+            if (target.Defined.Add(call.FuncId))
+            {
+                int define = output.BeginFrame(PoolProtocol.Define);
+                output.Int32(call.FuncId);
+                output.Bytes(call.Function.Span);
+                output.EndFrame(define);
+            }
+
+            int mark = output.Length;
+            try
+            {
+                int run = output.BeginFrame(PoolProtocol.Run);
+                output.Int32(call.Id);
+                output.Int32(chunk);
+                output.Int32(call.FuncId);
+                call.Encode(chunk, output);
+                output.EndFrame(run);
+            }
+            catch (Exception ex) when (ex is not OutOfMemoryException)
+            {
+                // An item that cannot be encoded fails its chunk, here, and nothing else.
+                output.Truncate(mark);
+                call.Outstanding--;
+                call.Fail(chunk, new System.Runtime.Serialization.SerializationException($"An item of this call cannot be sent to a worker: {ex.Message}", ex));
+                if (call.Finished) Retire(call);
+                continue;
+            }
+
+            target.InFlight.Enqueue(node.Value);
+            target.ChunksSent++;
+            if (_maxTasksPerChild is { } limit && target.ChunksSent >= limit) RetireWorker(target, replace: true);
+            Send(target);
+        }
+    }
+
+    /// <summary>Starts sending a worker's pending frames unless a send is already under way; the loop swaps
+    /// buffers so writers never wait on the socket.</summary>
+    private void Send(WorkerHandle worker)
+    {
+        if (worker.Sending is not null || worker.Pending.Length == 0) return;
+        var batch = worker.Pending;
+        worker.Pending = new WireWriter(4096);
+        worker.Sending = batch;
+        _ = SendLoopAsync(worker, batch);
+    }
+
+    private async Task SendLoopAsync(WorkerHandle worker, WireWriter batch)
+    {
+        try
+        {
+            while (true)
+            {
+                var data = batch.Written;
+                while (!data.IsEmpty) data = data[await worker.Socket.SendAsync(data, SocketFlags.None).ConfigureAwait(false)..];
+                lock (_gate)
+                {
+                    batch.Reset();
+                    if (worker.Pending.Length == 0)
+                    {
+                        worker.Sending = null;
+                        worker.Pending = batch;
+                        return;
+                    }
+
+                    (worker.Pending, batch) = (batch, worker.Pending);
+                    worker.Sending = batch;
+                }
+            }
+        }
+        catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+        {
+            // The worker is gone; its reader sees the end of stream and settles its chunks.
+            lock (_gate) worker.Sending = null;
+        }
+    }
+
+    private async Task ReadLoopAsync(WorkerHandle worker)
+    {
+        var buffer = new byte[64 * 1024];
+        int filled = 0;
+        var frames = new List<(int Offset, int Length)>();
+        var reader = new WireReader(ReadOnlyMemory<byte>.Empty);
+        try
+        {
+            while (true)
+            {
+                int n;
+                try
+                {
+                    n = await worker.Socket.ReceiveAsync(buffer.AsMemory(filled), SocketFlags.None).ConfigureAwait(false);
+                }
+                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
+                {
+                    // A reset or a closed socket is the same end of stream: the worker is gone.
+                    n = 0;
+                }
+
+                if (n == 0) break;
+                filled += n;
+                frames.Clear();
+                int consumed = PoolProtocol.CompleteFrames(buffer.AsSpan(0, filled), frames);
+                if (frames.Count > 0)
+                {
+                    lock (_gate)
+                    {
+                        foreach (var (offset, length) in frames)
+                        {
+                            reader.Reset(buffer.AsMemory(offset, length));
+                            Handle(worker, reader);
+                        }
+
+                        Pump();
+                        RetireIfDrained();
+                    }
+                }
+
+                filled -= consumed;
+                if (filled > 0) buffer.AsSpan(consumed, filled).CopyTo(buffer);
+                if (filled == buffer.Length) Array.Resize(ref buffer, buffer.Length * 2);
+            }
+
+            await worker.Process.ChannelClosedAsync().ConfigureAwait(false);
+            lock (_gate) WorkerExited(worker);
+        }
+        catch (Exception ex)
+        {
+            ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: reading its results failed", worker.Process.Pid);
+            worker.Process.Kill();
+            await worker.Process.JoinAsync().ConfigureAwait(false);
+            lock (_gate) WorkerExited(worker);
+        }
+    }
+
+    private void Handle(WorkerHandle worker, WireReader reader)
+    {
+        switch (reader.Byte())
+        {
+            case PoolProtocol.Result:
+                worker.LastProgress = System.Diagnostics.Stopwatch.GetTimestamp();
+                int callId = reader.Int32();
+                int chunk = reader.Int32();
+                if (!worker.InFlight.TryDequeue(out var head) || head.Call.Id != callId || head.Chunk != chunk)
+                    throw new InvalidDataException($"worker answered call {callId} chunk {chunk} out of order");
+                var call = head.Call;
+                call.Outstanding--;
+                if (_state == State.Terminated) return;
+                call.Complete(chunk, reader);
+                if (call.Finished) Retire(call);
+                break;
+            case PoolProtocol.Stats:
+                worker.Tasks = reader.Int64();
+                worker.BusyTicks = reader.Int64();
+                worker.IdleTicks = reader.Int64();
+                worker.SerializeTicks = reader.Int64();
+                break;
+            default:
+                throw new InvalidDataException("unknown frame from a pool worker");
+        }
+    }
+
+    /// <summary>A call is over: its function is forgotten by the workers that hold it.</summary>
+    private void Retire(PoolCall call)
+    {
+        if (!_calls.Remove(call)) return;
+        foreach (var worker in _workers)
+        {
+            if (!worker.Defined.Remove(call.FuncId)) continue;
+            int frame = worker.Pending.BeginFrame(PoolProtocol.Forget);
+            worker.Pending.Int32(call.FuncId);
+            worker.Pending.EndFrame(frame);
+            Send(worker);
+        }
+    }
+
+    private void WorkerExited(WorkerHandle worker)
+    {
+        _workers.Remove(worker);
+        var totals = _totals[worker.Index];
+        _totals[worker.Index] = new SlotTotals(totals.Tasks + worker.Tasks, totals.Busy + worker.BusyTicks, totals.Idle + worker.IdleTicks, totals.Serialize + worker.SerializeTicks);
+        if (_slots[worker.Index] == worker) _slots[worker.Index] = null;
+
+        if (worker.InFlight.Count > 0)
+        {
+            // In-order execution: the oldest unanswered chunk is the one that was running when the worker died.
+            // The others never started; they run elsewhere, exactly once, ahead of newer work.
+            var running = worker.InFlight.Dequeue();
+            running.Call.Outstanding--;
+            running.Call.Fail(running.Chunk, new WorkerLostException(worker.Process.Pid!.Value, worker.Process.ExitCode ?? -1));
+            if (running.Call.Finished) Retire(running.Call);
+            foreach (var queued in worker.InFlight.Reverse()) _pending.AddFirst(queued);
+            worker.InFlight.Clear();
+        }
+
+        if (_state != State.Terminated && _slots[worker.Index] is null && (_state == State.Running || _pending.Count > 0 || _calls.Count > 0))
+        {
+            StartWorker(worker.Index);
+        }
+
+        Pump();
+        RetireIfDrained();
+        CompleteIfAllExited();
+    }
+
+    private void StartWorker(int index)
+    {
+        var environment = _options.WorkerEnvironment?.Invoke(index);
+        var initializer = _initializer;
+        var process = new ChildProcess(() => PoolWorker.Run(initializer), $"SpawnPoolWorker-{Interlocked.Increment(ref _workerCounter)}", daemon: true, environment, ownsChannel: true);
+        process.Start();
+        var worker = new WorkerHandle(index, process);
+        _workers.Add(worker);
+        _slots[index] = worker;
+        _ = ReadLoopAsync(worker);
+    }
+
+    /// <summary>After its last allowed task a worker is told to finish and exit; a fresh one takes its slot.</summary>
+    private void RetireWorker(WorkerHandle worker, bool replace)
+    {
+        worker.Retiring = true;
+        int frame = worker.Pending.BeginFrame(PoolProtocol.Shutdown);
+        worker.Pending.EndFrame(frame);
+        if (_slots[worker.Index] == worker)
+        {
+            _slots[worker.Index] = null;
+            if (replace && _state != State.Terminated) StartWorker(worker.Index);
+        }
+    }
+
+    /// <summary>A closed pool lets its workers go once every call is over.</summary>
+    private void RetireIfDrained()
+    {
+        if (_state != State.Closed || _calls.Count > 0 || _pending.Count > 0) return;
+        foreach (var worker in _workers.ToArray())
+        {
+            if (worker.Retiring) continue;
+            RetireWorker(worker, replace: false);
+            Send(worker);
+        }
+
+        CompleteIfAllExited();
+    }
+
+    private void CompleteIfAllExited()
+    {
+        if (_state != State.Running && _workers.Count == 0) _allExited.TrySetResult();
+    }
+
+    private void ThrowIfNotRunning()
+    {
+        if (_state != State.Running)
+            throw new InvalidOperationException($"The pool is {(_state == State.Closed ? "closed" : "terminated")}; it accepts no new work.");
+    }
+
+    private void ThrowIfRunning()
+    {
+        lock (_gate)
+        {
+            if (_state == State.Running)
+                throw new InvalidOperationException("The pool is still running; call Close() or Terminate() before Join().");
+        }
+    }
+
+    private void StopResultThread()
+    {
+        if (_resultThread.IsValueCreated) _resultThread.Value.Complete();
+    }
+
+    private readonly record struct SlotTotals(long Tasks, long Busy, long Idle, long Serialize);
+}
+
+/// <summary>The one thread that runs a pool's callbacks and progress reports, in order, as Python's result
+/// handler thread does; one that throws is logged and the thread goes on (Python's would die).</summary>
+internal sealed class ResultThread
+{
+    private readonly BlockingCollection<(Action User, Action? Then)> _queue = [];
+    private readonly ILogger _logger;
+
+    internal ResultThread(ILogger logger)
+    {
+        _logger = logger;
+        new Thread(Run) { IsBackground = true, Name = "Multiprocessing pool results" }.Start();
+    }
+
+    internal void Post(Action user, Action? then)
+    {
+        try
+        {
+            _queue.Add((user, then));
+        }
+        catch (InvalidOperationException)
+        {
+            // The pool is disposed: nobody listens for callbacks any more, but a waiter may still need its result.
+            then?.Invoke();
+        }
+    }
+
+    internal void Complete() => _queue.CompleteAdding();
+
+    private void Run()
+    {
+        foreach (var (user, then) in _queue.GetConsumingEnumerable())
+        {
+            try
+            {
+                user();
+            }
+            catch (Exception ex)
+            {
+                _logger.LogError(ex, "A pool callback or progress report threw; the pool goes on");
+            }
+
+            then?.Invoke();
+        }
+    }
+}

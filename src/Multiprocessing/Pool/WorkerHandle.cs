@@ -1,0 +1,57 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using Multiprocessing.Serialization;
+
+namespace Multiprocessing.Pool;
+
+/// <summary>The parent's side of one worker process: its socket, its outgoing buffer, the chunks it holds, in the
+/// order it will answer them, and what it reported about itself. Guarded by the pool's lock.</summary>
+internal sealed class WorkerHandle(int index, ChildProcess process)
+{
+    internal int Index { get; } = index;
+
+    internal ChildProcess Process { get; } = process;
+
+    internal Socket Socket { get; } = process.Channel;
+
+    /// <summary>Frames waiting to be sent; swapped with <see cref="Sending"/> by the send loop.</summary>
+    internal WireWriter Pending { get; set; } = new(4096);
+
+    internal WireWriter? Sending { get; set; }
+
+    internal Queue<ChunkRef> InFlight { get; } = new();
+
+    internal HashSet<int> Defined { get; } = [];
+
+    internal int ChunksSent { get; set; }
+
+    /// <summary>A Shutdown frame has been sent: it finishes what it holds and exits.</summary>
+    internal bool Retiring { get; set; }
+
+    /// <summary>When it last answered, or was handed work while it had none (Stopwatch ticks).</summary>
+    internal long LastProgress { get; set; } = Stopwatch.GetTimestamp();
+
+    /// <summary>Holding work without answering for over 2 ms: a long task runs, and more work would queue behind it
+    /// while other workers may be free (the head-of-line blocking that Python's pull model avoids).</summary>
+    internal bool Stalled(long now) => InFlight.Count > 0 && now - LastProgress > Stopwatch.Frequency / 500;
+
+    internal long Tasks { get; set; }
+
+    internal long BusyTicks { get; set; }
+
+    internal long IdleTicks { get; set; }
+
+    internal long SerializeTicks { get; set; }
+
+    /// <summary>How many chunks it may hold: enough to cover about two milliseconds of its measured chunk time,
+    /// so tiny tasks stream and long ones stay balanced across workers.</summary>
+    internal int Window
+    {
+        get
+        {
+            if (Tasks == 0) return 4;
+            double perChunk = Math.Max(1, BusyTicks / (double)Tasks);
+            return (int)Math.Clamp(Stopwatch.Frequency / 500.0 / perChunk, 2, 1024);
+        }
+    }
+}
