@@ -25,7 +25,10 @@ internal static class Compare
             };
             Mp.SetStartMethod(StartMethod.Spawn);
 
-            var python = RunPython(runs, scratch);
+            var python = RunPython("bench_process.py", [runs.ToString(CultureInfo.InvariantCulture), scratch]);
+            var pool = PoolBench.Run(5);
+            var pythonPool = RunPython("bench_pool.py", ["5"]);
+            double Py(string key) => pythonPool.GetProperty(key).GetDouble();
             var rows = new List<Row>
             {
                 new("Process start()+join(), empty target: ours Spawn vs Python spawn", ours["start_join_spawn_ms"], python.GetProperty("start_join_spawn_ms").GetDouble(), "ms", "<= 0.5x"),
@@ -33,6 +36,17 @@ internal static class Compare
                 new("Process start()+join(), empty target: ours Prespawn vs Python spawn", ours["start_join_prespawn_ms"], python.GetProperty("start_join_spawn_ms").GetDouble(), "ms", "<= 0.5x"),
                 new("Process start()+join(), empty target: ours Prespawn vs Python forkserver", ours["start_join_prespawn_ms"], python.GetProperty("start_join_forkserver_ms").GetDouble(), "ms", "-"),
                 new("Idle child resident memory: ours vs Python spawn", ours["idle_child_mib"], python.GetProperty("idle_child_spawn_mib").GetDouble(), "MiB", "-"),
+                new("Pool(2) created, map over 2 items, Close+Join", pool["pool_create_map_teardown_ms"], Py("pool_create_map_teardown_ms"), "ms", "<= 0.5x"),
+                new("Pool.Map 200,000 ints, default chunksize", pool["map_200k_default"], Py("map_200k_default"), "tasks/s", ">= 3x"),
+                new("Pool.Map 20,000 ints, chunksize 1", pool["map_20k_cs1"], Py("map_20k_cs1"), "tasks/s", ">= 10x"),
+                new("Pool.IMap 20,000 ints, chunksize 1", pool["imap_20k_cs1"], Py("imap_20k_cs1"), "tasks/s", ">= 10x"),
+                new("Pool.IMapUnordered 20,000 ints, chunksize 1", pool["imap_unordered_20k_cs1"], Py("imap_unordered_20k_cs1"), "tasks/s", ">= 10x"),
+                new("Pool.Map 200,000 ints, chunksize 1000", pool["map_200k_cs1000"], Py("map_200k_cs1000"), "tasks/s", ">= 3x"),
+                new("Pool.IMap 200,000 ints, chunksize 1000", pool["imap_200k_cs1000"], Py("imap_200k_cs1000"), "tasks/s", ">= 3x"),
+                new("Pool.IMapUnordered 200,000 ints, chunksize 1000", pool["imap_unordered_200k_cs1000"], Py("imap_unordered_200k_cs1000"), "tasks/s", ">= 3x"),
+                new("20,000 x ApplyAsync, then Get all", pool["apply_async_20k"], Py("apply_async_20k"), "tasks/s", ">= 10x"),
+                new("Apply round trip, median of 2,000", pool["apply_round_trip_us"], Py("apply_round_trip_us"), "us", "<= 0.1x"),
+                new("CPU-bound speedup of Pool(2) over serial, 100 x ~20 ms", pool["cpu_speedup"], Py("cpu_speedup"), "x", ">= 1.9 (ours)"),
             };
             Print(rows, python.GetProperty("python").GetString()!, runs);
             Save(rows);
@@ -110,13 +124,12 @@ internal static class Compare
         return double.NaN;
     }
 
-    private static JsonElement RunPython(int runs, string scratch)
+    private static JsonElement RunPython(string name, string[] args)
     {
-        var script = Path.Combine(AppContext.BaseDirectory, "python", "bench_process.py");
+        var script = Path.Combine(AppContext.BaseDirectory, "python", name);
         var start = new ProcessStartInfo("python3") { RedirectStandardOutput = true };
         start.ArgumentList.Add(script);
-        start.ArgumentList.Add(runs.ToString(CultureInfo.InvariantCulture));
-        start.ArgumentList.Add(scratch);
+        foreach (var arg in args) start.ArgumentList.Add(arg);
         using var python = System.Diagnostics.Process.Start(start) ?? throw new InvalidOperationException("python3 did not start");
         var output = python.StandardOutput.ReadToEnd();
         python.WaitForExit();
@@ -143,9 +156,16 @@ internal static class Compare
         Console.WriteLine("|---|---:|---:|---|---:|---|");
         foreach (var row in rows)
         {
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {row.Workload} | {row.Ours:F1} | {row.Python:F1} | {row.Unit} | {row.Ratio:F2}x | {row.Target} |"));
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {row.Workload} | {Format(row.Ours)} | {Format(row.Python)} | {row.Unit} | {row.Ratio:F2}x | {row.Target} |"));
         }
     }
+
+    private static string Format(double value) => value switch
+    {
+        >= 1_000_000 => string.Create(CultureInfo.InvariantCulture, $"{value / 1_000_000:F2} M"),
+        >= 10_000 => string.Create(CultureInfo.InvariantCulture, $"{value / 1_000:F0} k"),
+        _ => string.Create(CultureInfo.InvariantCulture, $"{value:F1}"),
+    };
 
     private static void Save(List<Row> rows)
     {

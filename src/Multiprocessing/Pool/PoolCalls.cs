@@ -91,18 +91,25 @@ internal sealed class MapCall<T, TResult> : PoolCall
         int start = chunk * _chunksize;
         int count = Math.Min(_chunksize, _items.Length - start);
         writer.Int32(count);
-        for (int i = start; i < start + count; i++) ItemCodec<T>.Write(writer, _items[i]);
+        ItemCodec<T>.WriteMany(writer, _items.AsSpan(start, count));
     }
 
     internal override void Complete(int chunk, WireReader reader)
     {
         int start = chunk * _chunksize;
         int count = reader.Int32();
-        for (int i = start; i < start + count; i++)
+        if (reader.Byte() == PoolProtocol.Bulk)
         {
-            var outcome = ReadOutcome<TResult>(reader);
-            if (outcome.Error is null) _results[i] = outcome.Value;
-            else Record(i, outcome.Error);
+            ItemCodec<TResult>.ReadMany(reader, _results.AsSpan(start, count));
+        }
+        else
+        {
+            for (int i = start; i < start + count; i++)
+            {
+                var outcome = ReadOutcome<TResult>(reader);
+                if (outcome.Error is null) _results[i] = outcome.Value;
+                else Record(i, outcome.Error);
+            }
         }
 
         Advance(count);
@@ -177,6 +184,7 @@ internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, R
     internal override void Complete(int chunk, WireReader reader)
     {
         reader.Int32();
+        reader.Byte();
         var outcome = ReadOutcome<TResult>(reader);
         if (outcome.Error is null) Succeed(outcome.Value);
         else Fail(chunk, outcome.Error);
@@ -199,7 +207,8 @@ internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, R
 
 /// <summary>
 /// IMap and IMapUnordered: the consumer's thread pulls the source lazily, at most <see cref="PoolOptions.MaxReadAhead"/>
-/// items ahead of what it has consumed, and waits on <see cref="Signal"/> for outcomes.
+/// items ahead of what it has consumed, and waits on <see cref="Signal"/> for outcomes. Outcomes are handed over a
+/// chunk at a time, so the consumer takes the pool's lock once per chunk, not once per item.
 /// </summary>
 internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcId, ReadOnlyMemory<byte> function, int chunksize, bool ordered,
     long? total, IProgress<MapProgress>? progress)
@@ -207,9 +216,9 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
 {
     private readonly Dictionary<int, T[]> _unsent = [];
     private readonly Dictionary<int, int> _sizes = [];
-    private readonly Dictionary<long, Outcome<TResult>> _byIndex = [];
-    private readonly Queue<Outcome<TResult>> _arrived = new();
-    private long _nextToYield;
+    private readonly Dictionary<int, Outcome<TResult>[]> _byChunk = [];
+    private readonly Queue<Outcome<TResult>[]> _arrived = new();
+    private int _nextChunk;
     private long _done;
     private Exception? _aborted;
 
@@ -218,6 +227,7 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
 
     internal long Taken { get; private set; }
 
+    /// <summary>Items handed to the consumer (whole chunks; it may not have iterated them all yet).</summary>
     internal long Yielded { get; private set; }
 
     internal bool SourceDone { get; set; }
@@ -227,6 +237,8 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
     internal int Chunksize => chunksize;
 
     internal override bool Finished => SourceDone && Outstanding == 0;
+
+    internal bool Exhausted => _aborted is null && SourceDone && Yielded == Taken;
 
     internal override void Abandon() => SourceDone = true;
 
@@ -245,24 +257,33 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
         var items = _unsent[chunk];
         _unsent.Remove(chunk);
         writer.Int32(items.Length);
-        foreach (var item in items) ItemCodec<T>.Write(writer, item);
+        ItemCodec<T>.WriteMany(writer, items);
     }
 
     internal override void Complete(int chunk, WireReader reader)
     {
         int count = reader.Int32();
-        long start = (long)chunk * chunksize;
-        for (int i = 0; i < count; i++) Deliver(start + i, ReadOutcome<TResult>(reader));
-        Arrived(count);
+        var outcomes = new Outcome<TResult>[count];
+        if (reader.Byte() == PoolProtocol.Bulk)
+        {
+            var values = new TResult[count];
+            ItemCodec<TResult>.ReadMany(reader, values);
+            for (int i = 0; i < count; i++) outcomes[i] = new(values[i], null);
+        }
+        else
+        {
+            for (int i = 0; i < count; i++) outcomes[i] = ReadOutcome<TResult>(reader);
+        }
+
+        Deliver(chunk, outcomes);
     }
 
     internal override void Fail(int chunk, Exception error)
     {
         _unsent.Remove(chunk);
-        int count = _sizes[chunk];
-        long start = (long)chunk * chunksize;
-        for (int i = 0; i < count; i++) Deliver(start + i, new(default!, error));
-        Arrived(count);
+        var outcomes = new Outcome<TResult>[_sizes[chunk]];
+        Array.Fill(outcomes, new(default!, error));
+        Deliver(chunk, outcomes);
     }
 
     internal override void Abort(Exception error)
@@ -271,33 +292,31 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
         Signal.Release();
     }
 
-    /// <summary>Takes the next outcome the consumer may see, in input order or in arrival order.</summary>
-    internal bool TryTake(out Outcome<TResult> outcome)
+    /// <summary>Takes the next chunk of outcomes the consumer may see, in input order or in arrival order.</summary>
+    internal Outcome<TResult>[]? TryTake()
     {
-        if (_aborted is { } error)
+        if (_aborted is { } error) return [new(default!, error)];
+        Outcome<TResult>[]? outcomes;
+        if (ordered)
         {
-            outcome = new(default!, error);
-            return true;
+            if (!_byChunk.Remove(_nextChunk, out outcomes)) return null;
+            _nextChunk++;
+        }
+        else if (!_arrived.TryDequeue(out outcomes))
+        {
+            return null;
         }
 
-        bool found = ordered ? _byIndex.Remove(_nextToYield, out outcome) : _arrived.TryDequeue(out outcome);
-        if (!found) return false;
-        _nextToYield++;
-        Yielded++;
-        return true;
+        Yielded += outcomes.Length;
+        return outcomes;
     }
 
-    internal bool Exhausted => _aborted is null && SourceDone && Yielded == Taken;
-
-    private void Deliver(long index, Outcome<TResult> outcome)
+    private void Deliver(int chunk, Outcome<TResult>[] outcomes)
     {
-        if (ordered) _byIndex[index] = outcome;
-        else _arrived.Enqueue(outcome);
-    }
-
-    private void Arrived(int count)
-    {
-        _done += count;
+        _sizes.Remove(chunk);
+        if (ordered) _byChunk[chunk] = outcomes;
+        else _arrived.Enqueue(outcomes);
+        _done += outcomes.Length;
         if (progress is { } sink)
         {
             var report = new MapProgress(_done, SourceDone ? Taken : total);

@@ -21,6 +21,11 @@ internal static class PoolProtocol
     internal const byte ItemOk = 0;
     internal const byte ItemFailed = 1;
 
+    /// <summary>How a chunk's outcomes follow its count: one status and value (or error) per item, or, when every
+    /// item succeeded and the result type is plain data, the values as one run of bytes.</summary>
+    internal const byte PerItem = 0;
+    internal const byte Bulk = 1;
+
     /// <summary>A frame larger than this is a corrupt stream, not a message.</summary>
     internal const int MaxFrame = 1 << 30;
 

@@ -191,48 +191,79 @@ internal static class ChunkRunner
 
 internal sealed class MapRunner<T, TResult>(Func<T, TResult> function) : IChunkRunner
 {
+    private T[] _items = [];
+    private TResult[] _results = [];
+    private Exception?[] _errors = [];
+
     public void Run(WireReader input, int count, WireWriter output, WorkerCounters stats)
     {
-        Exception? decodeError = null;
-        for (int i = 0; i < count; i++)
+        if (_items.Length < count)
         {
-            T item = default!;
-            long start = Stopwatch.GetTimestamp();
-            if (decodeError is null)
+            _items = new T[count];
+            _results = new TResult[count];
+            _errors = new Exception?[count];
+        }
+
+        long start = Stopwatch.GetTimestamp();
+        int decoded = count;
+        Exception? decodeError = null;
+        if (ItemCodec<T>.Blittable)
+        {
+            ItemCodec<T>.ReadMany(input, _items.AsSpan(0, count));
+        }
+        else
+        {
+            for (int i = 0; i < count; i++)
             {
                 try
                 {
-                    item = ItemCodec<T>.Read(input);
+                    _items[i] = ItemCodec<T>.Read(input);
                 }
                 catch (Exception ex)
                 {
                     // The rest of the chunk cannot be located any more; every remaining item fails with this.
                     decodeError = ex;
+                    decoded = i;
+                    break;
                 }
             }
+        }
 
-            long decoded = Stopwatch.GetTimestamp();
-            stats.SerializeTicks += decoded - start;
-            if (decodeError is not null)
-            {
-                ChunkRunner.WriteOutcome<TResult>(output, default!, decodeError, stats);
-                continue;
-            }
-
-            TResult result = default!;
-            Exception? error = null;
+        long ran = Stopwatch.GetTimestamp();
+        stats.SerializeTicks += ran - start;
+        int failures = count - decoded;
+        for (int i = 0; i < count; i++)
+        {
+            _errors[i] = i < decoded ? null : decodeError;
+            if (i >= decoded) continue;
             try
             {
-                result = function(item);
+                _results[i] = function(_items[i]);
             }
             catch (Exception ex)
             {
-                error = ex;
+                _errors[i] = ex;
+                failures++;
             }
-
-            stats.BusyTicks += Stopwatch.GetTimestamp() - decoded;
-            ChunkRunner.WriteOutcome(output, result, error, stats);
         }
+
+        long done = Stopwatch.GetTimestamp();
+        stats.BusyTicks += done - ran;
+        if (failures == 0 && ItemCodec<TResult>.Blittable)
+        {
+            output.Byte(PoolProtocol.Bulk);
+            ItemCodec<TResult>.WriteMany(output, _results.AsSpan(0, count));
+            stats.SerializeTicks += Stopwatch.GetTimestamp() - done;
+        }
+        else
+        {
+            output.Byte(PoolProtocol.PerItem);
+            for (int i = 0; i < count; i++) ChunkRunner.WriteOutcome(output, _results[i], _errors[i], stats);
+        }
+
+        // Results are held only for the length of a chunk.
+        Array.Clear(_items, 0, count);
+        Array.Clear(_results, 0, count);
     }
 }
 
@@ -240,6 +271,7 @@ internal sealed class ApplyRunner<TResult>(Func<TResult> function) : IChunkRunne
 {
     public void Run(WireReader input, int count, WireWriter output, WorkerCounters stats)
     {
+        output.Byte(PoolProtocol.PerItem);
         long start = Stopwatch.GetTimestamp();
         TResult result = default!;
         Exception? error = null;

@@ -359,18 +359,21 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             while (true)
             {
                 TopUp(call, source);
-                Outcome<TResult> outcome;
-                bool taken;
+                Outcome<TResult>[]? outcomes;
                 lock (_gate)
                 {
-                    taken = call.TryTake(out outcome);
-                    if (!taken && call.Exhausted) yield break;
+                    outcomes = call.TryTake();
+                    if (outcomes is null && call.Exhausted) yield break;
                 }
 
-                if (taken)
+                if (outcomes is not null)
                 {
-                    if (outcome.Error is { } error) throw error;
-                    yield return outcome.Value;
+                    foreach (var outcome in outcomes)
+                    {
+                        if (outcome.Error is { } error) throw error;
+                        yield return outcome.Value;
+                    }
+
                     continue;
                 }
 
@@ -396,18 +399,21 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             while (true)
             {
                 TopUp(call, source);
-                Outcome<TResult> outcome;
-                bool taken;
+                Outcome<TResult>[]? outcomes;
                 lock (_gate)
                 {
-                    taken = call.TryTake(out outcome);
-                    if (!taken && call.Exhausted) yield break;
+                    outcomes = call.TryTake();
+                    if (outcomes is null && call.Exhausted) yield break;
                 }
 
-                if (taken)
+                if (outcomes is not null)
                 {
-                    if (outcome.Error is { } error) throw error;
-                    yield return outcome.Value;
+                    foreach (var outcome in outcomes)
+                    {
+                        if (outcome.Error is { } error) throw error;
+                        yield return outcome.Value;
+                    }
+
                     continue;
                 }
 
@@ -442,18 +448,33 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         int chunksize = call.Chunksize;
         while (true)
         {
+            long room;
             lock (_gate)
             {
-                if (call.SourceDone || call.Taken - call.Yielded + chunksize > _options.MaxReadAhead && call.Taken > call.Yielded) return;
+                room = _options.MaxReadAhead - (call.Taken - call.Yielded);
+                if (call.SourceDone || (room < chunksize && call.Taken > call.Yielded)) return;
             }
 
-            var items = new List<T>(chunksize);
+            // Up to a batch of chunks per lock and per pump, so lazy input streams as fast as a list.
+            var batch = new List<T[]>();
             bool more = true;
-            while (items.Count < chunksize && (more = source.MoveNext())) items.Add(source.Current);
+            long budget = Math.Max(chunksize, Math.Min(room, 4096));
+            for (int pulled = 0; more && pulled < budget;)
+            {
+                var items = new List<T>(chunksize);
+                while (items.Count < chunksize && (more = source.MoveNext())) items.Add(source.Current);
+                if (items.Count > 0) batch.Add([.. items]);
+                pulled += items.Count;
+            }
+
             lock (_gate)
             {
                 if (!more) call.SourceDone = true;
-                if (items.Count > 0 && _state != State.Terminated) Enqueue(call, call.Add([.. items]));
+                if (_state != State.Terminated)
+                {
+                    foreach (var items in batch) Enqueue(call, call.Add(items));
+                }
+
                 Pump();
                 if (!more) return;
             }
@@ -494,6 +515,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     private void Pump()
     {
         long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        _touched.Clear();
         while (_pending.First is { } node)
         {
             WorkerHandle? target = null;
@@ -540,9 +562,14 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             target.InFlight.Enqueue(node.Value);
             target.ChunksSent++;
             if (_maxTasksPerChild is { } limit && target.ChunksSent >= limit) RetireWorker(target, replace: true);
-            Send(target);
+            _touched.Add(target);
         }
+
+        // One write per worker for everything this pass queued: a send per chunk would cost a syscall per task.
+        foreach (var worker in _touched) Send(worker);
     }
+
+    private readonly HashSet<WorkerHandle> _touched = [];
 
     /// <summary>Starts sending a worker's pending frames unless a send is already under way; the loop swaps
     /// buffers so writers never wait on the socket.</summary>
@@ -635,9 +662,11 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
         catch (Exception ex)
         {
-            ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: reading its results failed", worker.Process.Pid);
+            ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: reading its results failed; replacing it", worker.Process.Pid);
             worker.Process.Kill();
-            await worker.Process.JoinAsync().ConfigureAwait(false);
+
+            // Nobody else reaps a process whose channel the pool owns.
+            await worker.Process.ChannelClosedAsync().ConfigureAwait(false);
             lock (_gate) WorkerExited(worker);
         }
     }
@@ -647,6 +676,8 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         switch (reader.Byte())
         {
             case PoolProtocol.Result:
+                // After Terminate every call has failed already; answers still in the socket mean nothing.
+                if (_state == State.Terminated) return;
                 worker.LastProgress = System.Diagnostics.Stopwatch.GetTimestamp();
                 int callId = reader.Int32();
                 int chunk = reader.Int32();
@@ -654,7 +685,6 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                     throw new InvalidDataException($"worker answered call {callId} chunk {chunk} out of order");
                 var call = head.Call;
                 call.Outstanding--;
-                if (_state == State.Terminated) return;
                 call.Complete(chunk, reader);
                 if (call.Finished) Retire(call);
                 break;

@@ -7,6 +7,37 @@ internal static class ItemCodec<T>
     internal static readonly Action<WireWriter, T> Write;
     internal static readonly Func<WireReader, T> Read;
 
+    /// <summary>Plain data (primitives, enums, structs without references): a run of items is copied as bytes.
+    /// Parent and worker run the same build, so the layout is the same on both sides.</summary>
+    internal static readonly bool Blittable = !System.Runtime.CompilerServices.RuntimeHelpers.IsReferenceOrContainsReferences<T>();
+
+    internal static void WriteMany(WireWriter writer, ReadOnlySpan<T> items)
+    {
+        if (Blittable)
+        {
+            writer.Raw(System.Runtime.InteropServices.MemoryMarshal.CreateReadOnlySpan(
+                ref System.Runtime.CompilerServices.Unsafe.As<T, byte>(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(items)),
+                items.Length * System.Runtime.CompilerServices.Unsafe.SizeOf<T>()));
+            return;
+        }
+
+        foreach (var item in items) Write(writer, item);
+    }
+
+    internal static void ReadMany(WireReader reader, Span<T> items)
+    {
+        if (Blittable)
+        {
+            var bytes = System.Runtime.InteropServices.MemoryMarshal.CreateSpan(
+                ref System.Runtime.CompilerServices.Unsafe.As<T, byte>(ref System.Runtime.InteropServices.MemoryMarshal.GetReference(items)),
+                items.Length * System.Runtime.CompilerServices.Unsafe.SizeOf<T>());
+            reader.Raw(bytes.Length).CopyTo(bytes);
+            return;
+        }
+
+        for (int i = 0; i < items.Length; i++) items[i] = Read(reader);
+    }
+
     static ItemCodec()
     {
         (object write, object read) = typeof(T) switch

@@ -61,6 +61,9 @@ internal sealed class WireWriter(int capacity = 256)
         value.CopyTo(Reserve(value.Length));
     }
 
+    /// <summary>Raw bytes, no length prefix (the reader knows the size).</summary>
+    internal void Raw(ReadOnlySpan<byte> value) => value.CopyTo(Reserve(value.Length));
+
     /// <summary>Starts a length-prefixed frame; returns the position to give <see cref="EndFrame"/>.</summary>
     internal int BeginFrame(byte op)
     {
@@ -121,6 +124,9 @@ internal sealed class WireReader(ReadOnlyMemory<byte> data)
         int n = Int32();
         return n < 0 ? null : Encoding.UTF8.GetString(Take(n));
     }
+
+    /// <summary>Raw bytes written by <see cref="WireWriter.Raw"/>.</summary>
+    internal ReadOnlySpan<byte> Raw(int n) => Take(n);
 
     internal ReadOnlyMemory<byte> Bytes()
     {
