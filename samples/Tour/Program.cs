@@ -1,9 +1,14 @@
 using Multiprocessing;
+using Spectre.Console;
 
 // One section per example of Python's multiprocessing documentation, in its order. Each prints what Python prints.
 var sections = new (string Title, Action Run)[]
 {
     ("The Process class", ProcessSection.Run),
+    ("Using a pool of workers", PoolSection.Run),
+    ("Pool.imap_unordered with a sleep_func", PoolSection.SleepImapUnordered),
+    ("Pool.map with a sleep_func", PoolSection.SleepMap),
+    ("Pool.map with a live progress bar", PoolSection.Progress),
 };
 
 foreach (var (title, run) in sections)
@@ -34,4 +39,106 @@ internal static class ProcessSection
         Console.WriteLine($"hello {who}");
         Console.WriteLine($"  I am {me.Name}, pid {me.Pid}; my parent is {Mp.ParentProcess?.Name}, pid {Mp.ParentProcess?.Pid}");
     }
+}
+
+internal static class PoolSection
+{
+    private static int F(int x) => x * x;
+
+    private static int SleepFunc(int seconds)
+    {
+        // The docs sleep whole seconds; a tenth of that keeps the tour short and shows the same ordering.
+        Thread.Sleep(seconds * 100);
+        return seconds;
+    }
+
+    // Python: with Pool(processes=4) as pool: ... (the block from the multiprocessing docs)
+    public static void Run()
+    {
+        // start 4 worker processes
+        using (var pool = Mp.Pool(processes: 4))
+        {
+            // prints "[0, 1, 4,..., 81]"
+            Console.WriteLine(Python.List(pool.Map(F, Enumerable.Range(0, 10))));
+
+            // prints the same numbers in arbitrary order
+            foreach (var i in pool.IMapUnordered(F, Enumerable.Range(0, 10))) Console.WriteLine(i);
+
+            // evaluate "f(20)" asynchronously; runs in *only* one process
+            var res = pool.ApplyAsync(() => F(20));
+            Console.WriteLine(res.Get(TimeSpan.FromSeconds(1))); // prints "400"
+
+            // evaluate "os.getpid()" asynchronously; prints the PID of that process
+            var pid = pool.ApplyAsync(() => Environment.ProcessId);
+            Console.WriteLine(pid.Get(TimeSpan.FromSeconds(1)));
+
+            // launching multiple evaluations asynchronously *may* use more processes
+            var multipleResults = Enumerable.Range(0, 4).Select(_ => pool.ApplyAsync(() => Environment.ProcessId)).ToList();
+            Console.WriteLine(Python.List(multipleResults.Select(r => r.Get(TimeSpan.FromSeconds(1)))));
+
+            // make a single worker sleep for 10 seconds
+            var sleeper = pool.ApplyAsync(() =>
+            {
+                Thread.Sleep(TimeSpan.FromSeconds(10));
+                return 0;
+            });
+            try
+            {
+                Console.WriteLine(sleeper.Get(TimeSpan.FromSeconds(1)));
+            }
+            catch (TimeoutException)
+            {
+                Console.WriteLine("We lacked patience and got a multiprocessing.TimeoutError");
+            }
+
+            Console.WriteLine("For the moment, the pool remains available for more work");
+        }
+
+        // exiting the 'using' block has stopped the pool (terminate, as Python's 'with')
+        Console.WriteLine("Now the pool is closed and no longer available");
+    }
+
+    // Python: for result in pool.imap_unordered(sleep_func, [3, 1, 2]): print(result)  -> 1 2 3
+    public static void SleepImapUnordered()
+    {
+        using var pool = Mp.Pool(processes: 3);
+        foreach (var result in pool.IMapUnordered(SleepFunc, [3, 1, 2])) Console.WriteLine(result);
+    }
+
+    // Python: print(pool.map(sleep_func, [3, 1, 2]))  -> [3, 1, 2], after the slowest one
+    public static void SleepMap()
+    {
+        using var pool = Mp.Pool(processes: 3);
+        Console.WriteLine(Python.List(pool.Map(SleepFunc, [3, 1, 2])));
+    }
+
+    // mpire-style insight: a live progress bar while 40 tasks run, then each worker's statistics.
+    public static void Progress()
+    {
+        using var pool = Mp.Pool(processes: 2);
+        List<int> results = [];
+        AnsiConsole.Progress()
+            .Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
+            .Start(ctx =>
+            {
+                var bar = ctx.AddTask("squares of 0..39, 50 ms each", maxValue: 40);
+                results = pool.Map(x => { Thread.Sleep(50); return F(x); }, Enumerable.Range(0, 40), chunksize: 1, progress: new SyncProgress(bar));
+                ctx.Refresh();
+            });
+        Console.WriteLine($"sum of squares: {results.Sum()}");
+        foreach (var s in pool.GetWorkerStatistics())
+            Console.WriteLine($"  worker {s.Index} (pid {s.Pid}): {s.TasksCompleted} tasks, busy {s.BusyTime.TotalMilliseconds:F0} ms, idle {s.IdleTime.TotalMilliseconds:F0} ms, serializing {s.SerializationTime.TotalMilliseconds:F2} ms");
+    }
+
+    // Reports straight from the pool's result thread; Progress<T> would need a synchronization context.
+    private sealed class SyncProgress(ProgressTask bar) : IProgress<MapProgress>
+    {
+        public void Report(MapProgress value) => bar.Value = value.Done;
+    }
+}
+
+/// <summary>Prints values as Python prints a list.</summary>
+internal static class Python
+{
+    public static string List<T>(IEnumerable<T> items) => "[" + string.Join(", ", items) + "]";
 }

@@ -159,15 +159,20 @@ internal sealed class MapCall<T, TResult> : PoolCall
 
     private void Finish()
     {
+        // With a callback or progress sink, the result becomes ready on the result thread after them, so a
+        // caller that gets the result has seen every report and the callback has run (as in Python).
+        bool viaResultThread = _progress is not null;
         if (_firstError is { } error)
         {
             if (_errorCallback is { } onError) Pool.Post(() => onError(error), () => _result.SetException(error));
+            else if (viaResultThread) Pool.Post(static () => { }, () => _result.SetException(error));
             else _result.SetException(error);
             return;
         }
 
         var list = new List<TResult>(_results);
         if (_callback is { } onResult) Pool.Post(() => onResult(list), () => _result.SetResult(list));
+        else if (viaResultThread) Pool.Post(static () => { }, () => _result.SetResult(list));
         else _result.SetResult(list);
     }
 }
