@@ -105,19 +105,9 @@ internal static unsafe class OsProcess
     {
         while (!buffer.IsEmpty)
         {
-            nint n;
-            fixed (byte* p = buffer) n = Posix.read(fd, p, buffer.Length);
-            if (n > 0)
-            {
-                buffer = buffer[(int)n..];
-                continue;
-            }
-
+            int n = ReadSome(fd, buffer);
             if (n == 0) return false;
-            int errno = Marshal.GetLastPInvokeError();
-            if (errno == Posix.EINTR) continue;
-            if (errno == 104 /* ECONNRESET */) return false;
-            throw new Win32Exception(errno, $"read from descriptor {fd} failed");
+            buffer = buffer[n..];
         }
 
         return true;

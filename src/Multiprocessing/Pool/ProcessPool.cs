@@ -356,33 +356,32 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     {
         try
         {
-            while (true)
+            while (NextOutcomes(call, source, out var outcomes))
             {
-                TopUp(call, source);
-                Outcome<TResult>[]? outcomes;
-                lock (_gate)
+                if (outcomes is null)
                 {
-                    outcomes = call.TryTake();
-                    if (outcomes is null && call.Exhausted) yield break;
-                }
-
-                if (outcomes is not null)
-                {
-                    foreach (var outcome in outcomes)
-                    {
-                        if (outcome.Error is { } error) throw error;
-                        yield return outcome.Value;
-                    }
-
+                    call.Signal.Wait();
                     continue;
                 }
 
-                call.Signal.Wait();
+                foreach (var outcome in outcomes) yield return outcome.Error is { } error ? throw error : outcome.Value;
             }
         }
         finally
         {
             CloseStream(call, source);
+        }
+    }
+
+    /// <summary>Tops up the input, then takes the next chunk of outcomes: false when the stream is over, true with
+    /// null when the caller must wait for <see cref="StreamCall{T, TResult}.Signal"/>.</summary>
+    private bool NextOutcomes<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, out Outcome<TResult>[]? outcomes)
+    {
+        TopUp(call, source);
+        lock (_gate)
+        {
+            outcomes = call.TryTake();
+            return outcomes is not null || !call.Exhausted;
         }
     }
 
@@ -396,28 +395,15 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     {
         try
         {
-            while (true)
+            while (NextOutcomes(call, source, out var outcomes))
             {
-                TopUp(call, source);
-                Outcome<TResult>[]? outcomes;
-                lock (_gate)
+                if (outcomes is null)
                 {
-                    outcomes = call.TryTake();
-                    if (outcomes is null && call.Exhausted) yield break;
-                }
-
-                if (outcomes is not null)
-                {
-                    foreach (var outcome in outcomes)
-                    {
-                        if (outcome.Error is { } error) throw error;
-                        yield return outcome.Value;
-                    }
-
+                    await call.Signal.WaitAsync(cancellationToken).ConfigureAwait(false);
                     continue;
                 }
 
-                await call.Signal.WaitAsync(cancellationToken).ConfigureAwait(false);
+                foreach (var outcome in outcomes) yield return outcome.Error is { } error ? throw error : outcome.Value;
             }
         }
         finally
