@@ -14,6 +14,7 @@ namespace Multiprocessing;
 /// Thread-safe. Only the process that created the object can start, join or signal the child. A daemon child is
 /// terminated when its parent exits normally; a non-daemon child is waited for. If the parent dies abnormally
 /// (SIGKILL, crash), every child notices within milliseconds and exits after <see cref="Mp.ParentExitGracePeriod"/>.
+/// Unlike Python, a daemon child may start children of its own: they cannot be orphaned, since they follow it out.
 /// </remarks>
 public sealed class ChildProcess : IDisposable, IAsyncDisposable
 {
@@ -276,7 +277,13 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
         lock (_gate)
         {
             if (_exitCode is not null) return;
-            _exitCode = OsProcess.Reap(_pid!.Value) ?? UnknownExitCode;
+            var status = OsProcess.Reap(_pid!.Value);
+            _exitCode = status ?? UnknownExitCode;
+            if (status is null)
+            {
+                // Someone else collected the status (an app that ignores SIGCHLD makes the kernel do it).
+                ProcessRuntime.Logger.LogWarning("The exit status of process {Name} (pid {Pid}) was collected elsewhere; reporting {Code}", _name, _pid, UnknownExitCode);
+            }
         }
 
         _control?.Dispose();
