@@ -47,6 +47,48 @@ public static class Mp
     public static ProcessPool Pool(int? processes = null, Action? initializer = null, int? maxTasksPerChild = null, PoolOptions? options = null) =>
         new(processes, initializer, maxTasksPerChild, options);
 
+    /// <summary>Creates a lock shared by processes, as <c>mp.Lock()</c>.</summary>
+    /// <returns>An unlocked <see cref="ProcessLock"/>; capture it in a target to share it.</returns>
+    /// <exception cref="System.ComponentModel.Win32Exception">The shared segment could not be created.</exception>
+    public static ProcessLock Lock() => new(SharedMemory.SharedSegment.Create(Synchronization.FutexMutex.Size, "lock"));
+
+    /// <summary>Creates a re-entrant lock shared by processes, as <c>mp.RLock()</c>.</summary>
+    /// <returns>An unlocked <see cref="ProcessRLock"/>.</returns>
+    /// <exception cref="System.ComponentModel.Win32Exception">The shared segment could not be created.</exception>
+    public static ProcessRLock RLock() => new(SharedMemory.SharedSegment.Create(Synchronization.FutexMutex.Size, "rlock"));
+
+    /// <summary>Creates a counting semaphore shared by processes, as <c>mp.Semaphore(value)</c>.</summary>
+    /// <param name="value">The initial count.</param>
+    /// <returns>The semaphore.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="value"/> is negative.</exception>
+    public static ProcessSemaphore Semaphore(int value = 1) => ProcessSemaphore.Create(value, bound: null);
+
+    /// <summary>Creates a semaphore that may not be released past its initial value, as <c>mp.BoundedSemaphore(value)</c>.</summary>
+    /// <param name="value">The initial and largest count.</param>
+    /// <returns>The semaphore.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="value"/> is negative.</exception>
+    public static ProcessSemaphore BoundedSemaphore(int value = 1) => ProcessSemaphore.Create(value, bound: value);
+
+    /// <summary>Creates a condition variable shared by processes, as <c>mp.Condition(lock)</c>.</summary>
+    /// <param name="lock">The lock it is tied to; a new <see cref="ProcessRLock"/> when null, as in Python.</param>
+    /// <returns>The condition.</returns>
+    public static ProcessCondition Condition(ProcessLockBase? @lock = null) =>
+        new(SharedMemory.SharedSegment.Create(ProcessCondition.Size, "condition"), @lock ?? RLock());
+
+    /// <summary>Creates an event shared by processes, as <c>mp.Event()</c>; it starts unset.</summary>
+    /// <returns>The event.</returns>
+    public static ProcessEvent Event() => new(SharedMemory.SharedSegment.Create(ProcessEvent.Size, "event"));
+
+    /// <summary>Creates a barrier shared by processes, as <c>mp.Barrier(parties, action, timeout)</c>.</summary>
+    /// <param name="parties">How many callers of Wait release each other.</param>
+    /// <param name="action">Runs once per pass in the last arrival's process, before anyone is released.</param>
+    /// <param name="timeout">The default timeout of <see cref="ProcessBarrier.Wait"/>; null waits forever.</param>
+    /// <returns>The barrier.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="parties"/> is less than 1, or
+    /// <paramref name="timeout"/> is negative.</exception>
+    public static ProcessBarrier Barrier(int parties, Action? action = null, TimeSpan? timeout = null) =>
+        ProcessBarrier.Create(parties, action, timeout);
+
     /// <summary>This process, as <c>mp.current_process()</c>: "MainProcess" in the main process.</summary>
     public static ProcessInfo CurrentProcess => ProcessRuntime.Current;
 

@@ -102,4 +102,38 @@ internal static unsafe partial class Posix
 
     [LibraryImport(Libc)]
     internal static partial int sigdelset(void* set, int signum);
+
+    internal const int O_RDWR = 2;
+    internal const int O_CLOEXEC = 0x80000;
+    internal const uint MFD_CLOEXEC = 1;
+    internal const int PROT_READ = 1;
+    internal const int PROT_WRITE = 2;
+    internal const int MAP_SHARED = 1;
+    internal const int EAGAIN = 11;
+    internal const int ETIMEDOUT = 110;
+    internal const int FUTEX_WAIT = 0;
+    internal const int FUTEX_WAKE = 1;
+
+    [LibraryImport(Libc, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int memfd_create(string name, uint flags);
+
+    [LibraryImport(Libc, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int open(string path, int flags, int mode);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int ftruncate(int fd, long length);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int fstat(int fd, byte* stat);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial void* mmap(void* addr, nuint length, int prot, int flags, int fd, long offset);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int munmap(void* addr, nuint length);
+
+    // glibc's syscall() is variadic; on x86-64 and arm64 integer and pointer arguments travel in the same registers
+    // either way, and its assembly stub does not read %al, so a fixed prototype is sound there.
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial long syscall(long number, int* address, int op, int value, void* timeout, void* address2, int value3);
 }

@@ -31,7 +31,7 @@ internal sealed class MpResolver : IFormatterResolver
         {
             if (type == typeof(object)) return TypelessFormatter.Instance;
             if (TravelPolicy.WhyLocal(type) is { } reason) return new DenyFormatter<T>(reason);
-            if (DelegateCodec.IsDelegate(type) || ClosureCodec.IsClosure(type)) return new WireFormatter<T>();
+            if (DelegateCodec.IsDelegate(type) || ClosureCodec.IsClosure(type) || SharedMemory.SharedHandles.IsShared(type)) return new WireFormatter<T>();
             if (type.IsEnum) return Activator.CreateInstance(typeof(EnumFormatter<>).MakeGenericType(type));
 
             // Each resolver is touched only when a type needs it, for the same reason as Options above.

@@ -49,7 +49,11 @@ internal static class ValueCodec
             case TypeCode.String: writer.String((string)value); return;
         }
 
-        if (ClosureCodec.IsClosure(type))
+        if (SharedMemory.SharedHandles.IsShared(type) && value is SharedMemory.IProcessShared shared)
+        {
+            SharedMemory.SharedHandles.Write(writer, shared);
+        }
+        else if (ClosureCodec.IsClosure(type))
         {
             ClosureCodec.Write(writer, type, value, usedClosureFields);
         }
@@ -87,6 +91,7 @@ internal static class ValueCodec
             case TypeCode.String: return reader.String();
         }
 
+        if (SharedMemory.SharedHandles.IsShared(type)) return SharedMemory.SharedHandles.Read(reader, type);
         if (ClosureCodec.IsClosure(type)) return ClosureCodec.Read(reader, type);
         if (DelegateCodec.IsDelegate(type)) return DelegateCodec.Read(reader, type);
         var mp = new MessagePackReader(reader.Bytes());

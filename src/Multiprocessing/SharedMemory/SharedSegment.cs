@@ -1,0 +1,136 @@
+using Multiprocessing.Platform;
+using Multiprocessing.Serialization;
+
+namespace Multiprocessing.SharedMemory;
+
+/// <summary>
+/// One anonymous shared mapping as this process sees it. It travels as (pid, descriptor, inode, size): the
+/// receiver reopens it through <c>/proc/PID/fd/N</c> of the sender, so no name is ever published and nothing can
+/// leak when every process using it is killed. Each process maps a given segment once.
+/// </summary>
+/// <remarks>
+/// The descriptor is closed when the last library object using the segment in this process is disposed, after
+/// which the segment can no longer be sent from here; the mapping itself is removed only when this object is
+/// collected, so a thread still inside a wait on the memory can never touch an unmapped page.
+/// </remarks>
+internal sealed unsafe class SharedSegment
+{
+    private static readonly Dictionary<long, WeakReference<SharedSegment>> Mapped = [];
+
+    private readonly long _size;
+    private int _fd;
+    private int _users;
+
+    private SharedSegment(int fd, nint address, long inode, long size)
+    {
+        _fd = fd;
+        Address = address;
+        Inode = inode;
+        _size = size;
+    }
+
+    ~SharedSegment()
+    {
+        OsShared.Unmap(Address, _size);
+        int fd = Interlocked.Exchange(ref _fd, -1);
+        if (fd >= 0) OsShared.Close(fd);
+    }
+
+    internal nint Address { get; }
+
+    internal long Inode { get; }
+
+    internal long Size => _size;
+
+    internal byte* Pointer => (byte*)Address;
+
+    /// <summary>Creates a zeroed segment of at least <paramref name="size"/> bytes.</summary>
+    internal static SharedSegment Create(long size, string label)
+    {
+        size = Math.Max(size, 1);
+        var (fd, address, inode) = OsShared.CreateSegment(size, label);
+        var segment = new SharedSegment(fd, address, inode, size);
+        lock (Mapped) Mapped[inode] = new WeakReference<SharedSegment>(segment);
+        return segment;
+    }
+
+    /// <summary>Counts one more library object that uses this segment in this process.</summary>
+    internal void AddUser() => Interlocked.Increment(ref _users);
+
+    /// <summary>One user is done; the last one closes the descriptor.</summary>
+    internal void RemoveUser()
+    {
+        if (Interlocked.Decrement(ref _users) > 0) return;
+        lock (Mapped)
+        {
+            if (Volatile.Read(ref _users) > 0) return;
+            int fd = Interlocked.Exchange(ref _fd, -1);
+            if (fd >= 0) OsShared.Close(fd);
+            Mapped.Remove(Inode);
+        }
+    }
+
+    internal void Write(WireWriter writer)
+    {
+        int fd = Volatile.Read(ref _fd);
+        if (fd < 0) throw new ObjectDisposedException(nameof(SharedSegment), "a disposed shared object cannot be sent to another process");
+        writer.Int32(Environment.ProcessId);
+        writer.Int32(fd);
+        writer.Int64(Inode);
+        writer.Int64(_size);
+    }
+
+    internal static SharedSegment Read(WireReader reader)
+    {
+        int pid = reader.Int32();
+        int fd = reader.Int32();
+        long inode = reader.Int64();
+        long size = reader.Int64();
+        lock (Mapped)
+        {
+            // A segment that comes back (or arrives twice) reuses the mapping: per-process bookkeeping in the
+            // segment (semaphore holders, barrier parties) stays keyed to one object, and a pool task that
+            // captures a lock does not pay open+mmap per task.
+            if (Mapped.TryGetValue(inode, out var weak) && weak.TryGetTarget(out var known) && Volatile.Read(ref known._fd) >= 0) return known;
+            var (own, address) = OsShared.OpenSegment(pid, fd, inode, size);
+            var segment = new SharedSegment(own, address, inode, size);
+            Mapped[inode] = new WeakReference<SharedSegment>(segment);
+            return segment;
+        }
+    }
+}
+
+/// <summary>A library object that travels to other processes as a handle to shared state rather than by value.</summary>
+internal interface IProcessShared
+{
+    /// <summary>Writes what another process needs to reopen this object.</summary>
+    void WriteHandle(WireWriter writer);
+}
+
+/// <summary>Reads handles back into library objects. Each shareable type has a static <c>ReadHandle(WireReader)</c>.</summary>
+internal static class SharedHandles
+{
+    private static readonly System.Collections.Concurrent.ConcurrentDictionary<Type, Func<WireReader, object>> Readers = new();
+
+    internal static bool IsShared(Type type) =>
+        typeof(IProcessShared).IsAssignableFrom(type) || type == typeof(IProcessLock) || type == typeof(ProcessLockBase);
+
+    internal static object Read(WireReader reader, Type declared)
+    {
+        // The declared type may be an interface (IProcessLock): the concrete type travels first.
+        var type = TypeNames.Read(reader);
+        if (!declared.IsAssignableFrom(type)) throw new InvalidDataException($"a {type} handle arrived where {declared} was expected");
+        return Readers.GetOrAdd(type, static t =>
+        {
+            var method = t.GetMethod("ReadHandle", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic, [typeof(WireReader)])
+                ?? throw new InvalidOperationException($"{t} has no ReadHandle(WireReader)");
+            return method.CreateDelegate<Func<WireReader, object>>();
+        })(reader);
+    }
+
+    internal static void Write(WireWriter writer, IProcessShared value)
+    {
+        TypeNames.Write(writer, value.GetType());
+        value.WriteHandle(writer);
+    }
+}
