@@ -28,7 +28,10 @@ internal static class Compare
             var python = RunPython("bench_process.py", [runs.ToString(CultureInfo.InvariantCulture), scratch]);
             var pool = PoolBench.Run(5);
             var pythonPool = RunPython("bench_pool.py", ["5"]);
+            var sync = SyncBench.Run(5);
+            var pythonSync = RunPython("bench_sync.py", ["5"]);
             double Py(string key) => pythonPool.GetProperty(key).GetDouble();
+            double PySync(string key) => pythonSync.GetProperty(key).GetDouble();
             var rows = new List<Row>
             {
                 new("Process start()+join(), empty target: ours Spawn vs Python spawn", ours["start_join_spawn_ms"], python.GetProperty("start_join_spawn_ms").GetDouble(), "ms", "<= 0.5x"),
@@ -47,6 +50,11 @@ internal static class Compare
                 new("20,000 x ApplyAsync, then Get all", pool["apply_async_20k"], Py("apply_async_20k"), "tasks/s", ">= 10x"),
                 new("Apply round trip, median of 2,000", pool["apply_round_trip_us"], Py("apply_round_trip_us"), "us", "<= 0.1x"),
                 new("CPU-bound speedup of Pool(2) over serial, 100 x ~20 ms", pool["cpu_speedup"], Py("cpu_speedup"), "x", ">= 1.9 (ours)"),
+                new("Lock Acquire+Release, one process, uncontended", sync["lock_pairs_per_s"], PySync("lock_pairs_per_s"), "pairs/s", ">= 2x"),
+                new("2 processes x 50,000 (lock; value += 1), final value checked", sync["contended_ops_per_s"], PySync("contended_ops_per_s"), "ops/s", ">= 2x"),
+                new("Event ping-pong between two processes, 10,000 rounds", sync["event_ping_pong_us"], PySync("event_ping_pong_us"), "us", "-"),
+                new("80 MB of doubles: allocated, filled by a new child, summed by the parent", sync["array_80mb_child_fill_parent_sum_ms"], PySync("array_80mb_child_fill_parent_sum_ms"), "ms", "<= 0.5x"),
+                new("80 MB of doubles: allocation alone", sync["array_80mb_alloc_ms"], PySync("array_80mb_alloc_ms"), "ms", "-"),
             };
             Print(rows, python.GetProperty("python").GetString()!, runs);
             Save(rows);

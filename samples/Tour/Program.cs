@@ -9,6 +9,8 @@ var sections = new (string Title, Action Run)[]
     ("Pool.imap_unordered with a sleep_func", PoolSection.SleepImapUnordered),
     ("Pool.map with a sleep_func", PoolSection.SleepMap),
     ("Pool.map with a live progress bar", PoolSection.Progress),
+    ("Synchronization between processes", SyncSection.Run),
+    ("Sharing state: shared memory", SharedMemorySection.Run),
 };
 
 foreach (var (title, run) in sections)
@@ -134,6 +136,59 @@ internal static class PoolSection
     private sealed class SyncProgress(ProgressTask bar) : IProgress<MapProgress>
     {
         public void Report(MapProgress value) => bar.Value = value.Done;
+    }
+}
+
+internal static class SyncSection
+{
+    // Python:
+    //   def f(l, i):
+    //       l.acquire()
+    //       try: print('hello world', i)
+    //       finally: l.release()
+    //   lock = Lock()
+    //   for num in range(10): Process(target=f, args=(lock, num)).start()
+    public static void Run()
+    {
+        using var lck = Mp.Lock();
+        var processes = Enumerable.Range(0, 10).Select(num => Mp.Process(() => F(lck, num))).ToList();
+        processes.ForEach(p => p.Start());
+        processes.ForEach(p => p.Join());
+    }
+
+    private static void F(ProcessLock l, int i)
+    {
+        using (l.Acquire())
+        {
+            Console.WriteLine($"hello world {i}");
+        }
+    }
+}
+
+internal static class SharedMemorySection
+{
+    // Python:
+    //   def f(n, a):
+    //       n.value = 3.1415927
+    //       for i in range(len(a)): a[i] = -a[i]
+    //   num = Value('d', 0.0); arr = Array('i', range(10))
+    //   p = Process(target=f, args=(num, arr)); p.start(); p.join()
+    //   print(num.value); print(arr[:])
+    public static void Run()
+    {
+        using var num = Mp.Value(0.0);
+        using var arr = Mp.Array<int>(Enumerable.Range(0, 10));
+        var p = Mp.Process(() => F(num, arr));
+        p.Start();
+        p.Join();
+        Console.WriteLine(num.Value);
+        Console.WriteLine(Python.List(arr.ToArray()));
+    }
+
+    private static void F(SharedValue<double> n, SharedArray<int> a)
+    {
+        n.Value = 3.1415927;
+        for (int i = 0; i < a.Length; i++) a[i] = -a[i];
     }
 }
 

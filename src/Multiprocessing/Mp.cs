@@ -50,12 +50,12 @@ public static class Mp
     /// <summary>Creates a lock shared by processes, as <c>mp.Lock()</c>.</summary>
     /// <returns>An unlocked <see cref="ProcessLock"/>; capture it in a target to share it.</returns>
     /// <exception cref="System.ComponentModel.Win32Exception">The shared segment could not be created.</exception>
-    public static ProcessLock Lock() => new(SharedMemory.SharedSegment.Create(Synchronization.FutexMutex.Size, "lock"));
+    public static ProcessLock Lock() => new(Multiprocessing.SharedMemory.SharedSegment.Create(Synchronization.FutexMutex.Size, "lock"));
 
     /// <summary>Creates a re-entrant lock shared by processes, as <c>mp.RLock()</c>.</summary>
     /// <returns>An unlocked <see cref="ProcessRLock"/>.</returns>
     /// <exception cref="System.ComponentModel.Win32Exception">The shared segment could not be created.</exception>
-    public static ProcessRLock RLock() => new(SharedMemory.SharedSegment.Create(Synchronization.FutexMutex.Size, "rlock"));
+    public static ProcessRLock RLock() => new(Multiprocessing.SharedMemory.SharedSegment.Create(Synchronization.FutexMutex.Size, "rlock"));
 
     /// <summary>Creates a counting semaphore shared by processes, as <c>mp.Semaphore(value)</c>.</summary>
     /// <param name="value">The initial count.</param>
@@ -73,11 +73,11 @@ public static class Mp
     /// <param name="lock">The lock it is tied to; a new <see cref="ProcessRLock"/> when null, as in Python.</param>
     /// <returns>The condition.</returns>
     public static ProcessCondition Condition(ProcessLockBase? @lock = null) =>
-        new(SharedMemory.SharedSegment.Create(ProcessCondition.Size, "condition"), @lock ?? RLock());
+        new(Multiprocessing.SharedMemory.SharedSegment.Create(ProcessCondition.Size, "condition"), @lock ?? RLock());
 
     /// <summary>Creates an event shared by processes, as <c>mp.Event()</c>; it starts unset.</summary>
     /// <returns>The event.</returns>
-    public static ProcessEvent Event() => new(SharedMemory.SharedSegment.Create(ProcessEvent.Size, "event"));
+    public static ProcessEvent Event() => new(Multiprocessing.SharedMemory.SharedSegment.Create(ProcessEvent.Size, "event"));
 
     /// <summary>Creates a barrier shared by processes, as <c>mp.Barrier(parties, action, timeout)</c>.</summary>
     /// <param name="parties">How many callers of Wait release each other.</param>
@@ -88,6 +88,114 @@ public static class Mp
     /// <paramref name="timeout"/> is negative.</exception>
     public static ProcessBarrier Barrier(int parties, Action? action = null, TimeSpan? timeout = null) =>
         ProcessBarrier.Create(parties, action, timeout);
+
+    /// <summary>Creates a value in shared memory with a lock, as <c>mp.Value(typecode, value, lock=True)</c>:
+    /// <c>Mp.Value(0.0)</c> is <c>mp.Value('d', 0.0)</c>.</summary>
+    /// <typeparam name="T">Any unmanaged type, user structs included.</typeparam>
+    /// <param name="initial">The starting value.</param>
+    /// <param name="lock">True makes a new <see cref="ProcessRLock"/> (Python's default); false makes a raw value.</param>
+    /// <returns>The shared value.</returns>
+    /// <exception cref="System.ComponentModel.Win32Exception">The shared segment could not be created.</exception>
+    public static SharedValue<T> Value<T>(T initial = default, bool @lock = true)
+        where T : unmanaged => NewValue(initial, @lock ? RLock() : null);
+
+    /// <summary>Creates a value in shared memory guarded by an existing lock, as <c>mp.Value(typecode, value, lock=l)</c>.</summary>
+    /// <typeparam name="T">Any unmanaged type.</typeparam>
+    /// <param name="initial">The starting value.</param>
+    /// <param name="lock">The lock to use, shared with whatever else it guards.</param>
+    /// <returns>The shared value.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="lock"/> is null.</exception>
+    public static SharedValue<T> Value<T>(T initial, ProcessLockBase @lock)
+        where T : unmanaged => NewValue(initial, @lock ?? throw new ArgumentNullException(nameof(@lock)));
+
+    /// <summary>Creates a value in shared memory without a lock, as <c>mp.RawValue</c>.</summary>
+    /// <typeparam name="T">Any unmanaged type.</typeparam>
+    /// <param name="initial">The starting value.</param>
+    /// <returns>The shared value.</returns>
+    public static SharedValue<T> RawValue<T>(T initial = default)
+        where T : unmanaged => NewValue(initial, null);
+
+    /// <summary>Creates a zeroed array in shared memory with a lock, as <c>mp.Array(typecode, length)</c>.</summary>
+    /// <typeparam name="T">Any unmanaged type.</typeparam>
+    /// <param name="length">The number of elements.</param>
+    /// <param name="lock">True makes a new <see cref="ProcessRLock"/>; false makes a raw array.</param>
+    /// <returns>The shared array.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is negative.</exception>
+    public static SharedArray<T> Array<T>(int length, bool @lock = true)
+        where T : unmanaged => NewArray<T>(length, ReadOnlySpan<T>.Empty, @lock ? RLock() : null);
+
+    /// <summary>Creates an array in shared memory holding <paramref name="items"/>, as <c>mp.Array(typecode, items)</c>.</summary>
+    /// <typeparam name="T">Any unmanaged type.</typeparam>
+    /// <param name="items">The initial elements; the array has as many.</param>
+    /// <param name="lock">True makes a new <see cref="ProcessRLock"/>; false makes a raw array.</param>
+    /// <returns>The shared array.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="items"/> is null.</exception>
+    public static SharedArray<T> Array<T>(IEnumerable<T> items, bool @lock = true)
+        where T : unmanaged
+    {
+        var copy = (items ?? throw new ArgumentNullException(nameof(items))).ToArray();
+        return NewArray<T>(copy.Length, copy, @lock ? RLock() : null);
+    }
+
+    /// <summary>Creates a zeroed array in shared memory guarded by an existing lock.</summary>
+    /// <typeparam name="T">Any unmanaged type.</typeparam>
+    /// <param name="length">The number of elements.</param>
+    /// <param name="lock">The lock to use.</param>
+    /// <returns>The shared array.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="lock"/> is null.</exception>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is negative.</exception>
+    public static SharedArray<T> Array<T>(int length, ProcessLockBase @lock)
+        where T : unmanaged => NewArray<T>(length, ReadOnlySpan<T>.Empty, @lock ?? throw new ArgumentNullException(nameof(@lock)));
+
+    /// <summary>Creates a zeroed array in shared memory without a lock, as <c>mp.RawArray(typecode, length)</c>.</summary>
+    /// <typeparam name="T">Any unmanaged type.</typeparam>
+    /// <param name="length">The number of elements.</param>
+    /// <returns>The shared array.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="length"/> is negative.</exception>
+    public static SharedArray<T> RawArray<T>(int length)
+        where T : unmanaged => NewArray<T>(length, ReadOnlySpan<T>.Empty, null);
+
+    /// <summary>Creates an array in shared memory holding <paramref name="items"/>, without a lock, as <c>mp.RawArray(typecode, items)</c>.</summary>
+    /// <typeparam name="T">Any unmanaged type.</typeparam>
+    /// <param name="items">The initial elements.</param>
+    /// <returns>The shared array.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="items"/> is null.</exception>
+    public static SharedArray<T> RawArray<T>(IEnumerable<T> items)
+        where T : unmanaged
+    {
+        var copy = (items ?? throw new ArgumentNullException(nameof(items))).ToArray();
+        return NewArray<T>(copy.Length, copy, null);
+    }
+
+    /// <summary>Creates or attaches to a named block of shared memory, as
+    /// <c>shared_memory.SharedMemory(name, create, size)</c>; the names are Python's, in /dev/shm.</summary>
+    /// <param name="name">The block's name; null with <paramref name="create"/> picks a fresh one.</param>
+    /// <param name="create">True creates a new block; false attaches to an existing one (and takes its size).</param>
+    /// <param name="size">The new block's size in bytes; ignored when attaching.</param>
+    /// <returns>The mapped block.</returns>
+    /// <exception cref="ArgumentException">No name to attach to, or an invalid name.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">Creating with a size that is not positive.</exception>
+    /// <exception cref="IOException">Creating a name that already exists.</exception>
+    /// <exception cref="FileNotFoundException">Attaching to a name that does not exist.</exception>
+    public static SharedMemoryBlock SharedMemory(string? name = null, bool create = false, long size = 0) =>
+        SharedMemoryBlock.Open(name, create, size);
+
+    private static unsafe SharedValue<T> NewValue<T>(T initial, ProcessLockBase? @lock)
+        where T : unmanaged
+    {
+        var segment = Multiprocessing.SharedMemory.SharedSegment.Create(sizeof(T), "value");
+        *(T*)segment.Pointer = initial;
+        return new SharedValue<T>(segment, @lock);
+    }
+
+    private static unsafe SharedArray<T> NewArray<T>(int length, ReadOnlySpan<T> items, ProcessLockBase? @lock)
+        where T : unmanaged
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        var segment = Multiprocessing.SharedMemory.SharedSegment.Create((long)length * sizeof(T), "array");
+        items.CopyTo(new Span<T>(segment.Pointer, length));
+        return new SharedArray<T>(segment, length, @lock);
+    }
 
     /// <summary>This process, as <c>mp.current_process()</c>: "MainProcess" in the main process.</summary>
     public static ProcessInfo CurrentProcess => ProcessRuntime.Current;

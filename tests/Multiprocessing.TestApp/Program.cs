@@ -9,12 +9,13 @@ return args.FirstOrDefault() switch
     "orphans" => Orphans(),
     "orphans-prespawn" => OrphansWithSpare(),
     "exit-with-children" => ExitWithChildren(args[1]),
+    "shared-memory" => SharedMemoryInUse(),
     _ => Usage(),
 };
 
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Multiprocessing.TestApp basic|output|throw|orphans|orphans-prespawn|exit-with-children GOFILE");
+    Console.Error.WriteLine("usage: Multiprocessing.TestApp basic|output|throw|orphans|orphans-prespawn|exit-with-children GOFILE|shared-memory");
     return 2;
 }
 
@@ -87,6 +88,26 @@ static int ExitWithChildren(string goFile)
     worker.Start();
     Console.WriteLine($"pids={daemon.Pid},{worker.Pid}");
     Console.WriteLine("main-returning");
+    return 0;
+}
+
+static int SharedMemoryInUse()
+{
+    // Everything shared that this app makes while a child uses it, then the test SIGKILLs the app.
+    var block = Mp.SharedMemory(create: true, size: 1 << 20);
+    var values = Mp.Array<double>(1000);
+    var lck = Mp.Lock();
+    var child = Mp.Process(() =>
+    {
+        using (lck.Acquire()) values[0] = block.Size;
+        Thread.Sleep(Timeout.Infinite);
+    });
+    child.Start();
+    while (values[0] == 0) Thread.Sleep(5);
+    Console.WriteLine($"block={block.Name}");
+    Console.WriteLine($"pids={child.Pid}");
+    Console.Out.Flush();
+    Thread.Sleep(Timeout.Infinite);
     return 0;
 }
 

@@ -57,6 +57,40 @@ internal static unsafe class OsShared
         }
     }
 
+    /// <summary>Creates or opens a named POSIX segment (a file in /dev/shm, the names Python's shared_memory uses)
+    /// and maps it. Opening takes the segment's own size.</summary>
+    /// <exception cref="IOException">Creating a name that exists.</exception>
+    /// <exception cref="FileNotFoundException">Opening a name that does not exist.</exception>
+    internal static (int Fd, nint Address, long Size) OpenNamed(string name, bool create, long size)
+    {
+        string path = "/dev/shm/" + name;
+        int flags = Posix.O_RDWR | Posix.O_CLOEXEC | Posix.O_NOFOLLOW | (create ? Posix.O_CREAT | Posix.O_EXCL : 0);
+        int fd = Posix.open(path, flags, 384 /* 0600 */);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno == Posix.EEXIST) throw new IOException($"a shared memory block named '{name}' already exists");
+            if (errno == Posix.ENOENT) throw new FileNotFoundException($"no shared memory block named '{name}' exists", path);
+            throw new IOException($"opening shared memory block '{name}' failed: {new Win32Exception(errno).Message}");
+        }
+
+        try
+        {
+            if (create && Posix.ftruncate(fd, size) != 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), $"sizing shared memory block '{name}' to {size} bytes failed");
+            if (!create) size = FileSize(fd);
+            return (fd, size == 0 ? 0 : Map(fd, size), size);
+        }
+        catch
+        {
+            Posix.close(fd);
+            if (create) Posix.unlink(path);
+            throw;
+        }
+    }
+
+    /// <summary>Removes a named segment's name; false if it was already gone.</summary>
+    internal static bool UnlinkNamed(string name) => Posix.unlink("/dev/shm/" + name) == 0;
+
     internal static void Unmap(nint address, long size) => Posix.munmap((void*)address, (nuint)size);
 
     internal static void Close(int fd) => Posix.close(fd);
@@ -108,6 +142,15 @@ internal static unsafe class OsShared
         void* address = Posix.mmap(null, (nuint)size, Posix.PROT_READ | Posix.PROT_WRITE, Posix.MAP_SHARED, fd, 0);
         if (address == (void*)-1) throw new Win32Exception(Marshal.GetLastPInvokeError(), $"mapping a shared segment of {size} bytes failed");
         return (nint)address;
+    }
+
+    private static long FileSize(int fd)
+    {
+        byte* stat = stackalloc byte[256];
+        if (Posix.fstat(fd, stat) != 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), "fstat failed");
+
+        // st_size sits at 48 in both the x86-64 and the generic (arm64) struct stat.
+        return *(long*)(stat + 48);
     }
 
     private static long Inode(int fd)

@@ -104,6 +104,14 @@ internal static unsafe partial class Posix
     internal static partial int sigdelset(void* set, int signum);
 
     internal const int O_RDWR = 2;
+    internal const int O_CREAT = 0x40;
+    internal const int O_EXCL = 0x80;
+    internal const int O_NOFOLLOW = 0x20000;
+    internal const int EEXIST = 17;
+    internal const int ENOENT = 2;
+
+    [LibraryImport(Libc, SetLastError = true, StringMarshalling = StringMarshalling.Utf8)]
+    internal static partial int unlink(string path);
     internal const int O_CLOEXEC = 0x80000;
     internal const uint MFD_CLOEXEC = 1;
     internal const int PROT_READ = 1;

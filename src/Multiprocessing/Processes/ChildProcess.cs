@@ -35,9 +35,11 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
 
     private readonly IReadOnlyDictionary<string, string>? _environment;
     private readonly bool _ownsChannel;
+    private readonly bool _tracked;
 
-    internal ChildProcess(Delegate target, string? name, bool daemon, IReadOnlyDictionary<string, string>? environment = null, bool ownsChannel = false)
+    internal ChildProcess(Delegate target, string? name, bool daemon, IReadOnlyDictionary<string, string>? environment = null, bool ownsChannel = false, bool tracked = true)
     {
+        _tracked = tracked;
         _target = target;
         _environment = environment;
         _ownsChannel = ownsChannel;
@@ -131,7 +133,7 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
             _pid = child.Pid;
             _control = child.Control;
             _started = true;
-            ProcessRuntime.Track(this);
+            if (_tracked) ProcessRuntime.Track(this);
             try
             {
                 ControlFrames.Write(child.Control, job.Encode().Span);
