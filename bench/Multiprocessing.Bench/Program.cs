@@ -9,4 +9,11 @@ if (args.Length > 0 && args[0] == "bdn")
     return 0;
 }
 
+// `... -- sync` runs only our side of the synchronization and shared-memory workloads, for quick iteration.
+if (args.Length > 0 && args[0] == "sync")
+{
+    foreach (var (key, value) in SyncBench.Run(5)) Console.WriteLine($"{key}: {value:G4}");
+    return 0;
+}
+
 return Compare.Run(args);

@@ -91,6 +91,26 @@ internal static unsafe class OsShared
     /// <summary>Removes a named segment's name; false if it was already gone.</summary>
     internal static bool UnlinkNamed(string name) => Posix.unlink("/dev/shm/" + name) == 0;
 
+    /// <summary>Allocates a large segment's pages on a background thread. The kernel zeroes every new page, about
+    /// 40 ms for 80 MB here; done while a child is being started (on another core) instead of at the child's first
+    /// touches, it costs no one any wall time. Contents are not changed: only missing pages are added.</summary>
+    internal static void PrefaultInBackground(int fd, long size)
+    {
+        // A private duplicate: the segment may be closed while this runs, and its number reused.
+        int own = Posix.fcntl(fd, 1030 /* F_DUPFD_CLOEXEC */, 0);
+        if (own < 0) return;
+        ThreadPool.UnsafeQueueUserWorkItem(
+            static state =>
+            {
+                // Failure (a full /dev/shm) only means the pages are allocated at first touch instead, where the
+                // caller sees the error as it would without this.
+                Posix.fallocate(state.Fd, 0, 0, state.Size);
+                Posix.close(state.Fd);
+            },
+            (Fd: own, Size: size),
+            preferLocal: false);
+    }
+
     internal static void Unmap(nint address, long size) => Posix.munmap((void*)address, (nuint)size);
 
     internal static void Close(int fd) => Posix.close(fd);

@@ -117,6 +117,7 @@ internal static unsafe partial class Posix
     internal const int PROT_READ = 1;
     internal const int PROT_WRITE = 2;
     internal const int MAP_SHARED = 1;
+    internal const int MAP_POPULATE = 0x8000;
     internal const int EAGAIN = 11;
     internal const int ETIMEDOUT = 110;
     internal const int FUTEX_WAIT = 0;
@@ -130,6 +131,9 @@ internal static unsafe partial class Posix
 
     [LibraryImport(Libc, SetLastError = true)]
     internal static partial int ftruncate(int fd, long length);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int fallocate(int fd, int mode, long offset, long length);
 
     [LibraryImport(Libc, SetLastError = true)]
     internal static partial int fstat(int fd, byte* stat);

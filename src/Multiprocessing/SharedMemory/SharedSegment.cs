@@ -17,6 +17,8 @@ internal sealed unsafe class SharedSegment
 {
     private static readonly Dictionary<long, WeakReference<SharedSegment>> Mapped = [];
 
+    private const long PrefaultThreshold = 4 << 20;
+
     private readonly long _size;
     private int _fd;
     private int _users;
@@ -49,6 +51,7 @@ internal sealed unsafe class SharedSegment
     {
         size = Math.Max(size, 1);
         var (fd, address, inode) = OsShared.CreateSegment(size, label);
+        if (size >= PrefaultThreshold) OsShared.PrefaultInBackground(fd, size);
         var segment = new SharedSegment(fd, address, inode, size);
         lock (Mapped) Mapped[inode] = new WeakReference<SharedSegment>(segment);
         return segment;
