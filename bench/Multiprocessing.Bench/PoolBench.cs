@@ -87,7 +87,7 @@ internal static class PoolBench
         return Stopwatch.GetElapsedTime(start).TotalSeconds;
     }
 
-    private static double Median(int runs, Func<double> sample)
+    internal static double Median(int runs, Func<double> sample)
     {
         sample();
         var samples = new double[runs];
@@ -95,7 +95,7 @@ internal static class PoolBench
         return MedianOf(samples);
     }
 
-    private static double MedianOf(double[] samples)
+    internal static double MedianOf(double[] samples)
     {
         Array.Sort(samples);
         return samples[samples.Length / 2];

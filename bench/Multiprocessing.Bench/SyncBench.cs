@@ -30,7 +30,7 @@ internal static class SyncBench
             result["lock_pairs_per_s"] = n / clock.Elapsed.TotalSeconds;
         }
 
-        result["contended_ops_per_s"] = 100_000 / Median(runs, ContendedIncrements);
+        result["contended_ops_per_s"] = 100_000 / PoolBench.Median(runs, ContendedIncrements);
         result["event_ping_pong_us"] = EventPingPong(10_000) * 1e6;
 
         var alloc = new double[runs];
@@ -51,8 +51,8 @@ internal static class SyncBench
             if (sum != Doubles) throw new InvalidOperationException($"the child's fill summed to {sum}");
         }
 
-        result["array_80mb_child_fill_parent_sum_ms"] = MedianOf(total);
-        result["array_80mb_alloc_ms"] = MedianOf(alloc);
+        result["array_80mb_child_fill_parent_sum_ms"] = PoolBench.MedianOf(total);
+        result["array_80mb_alloc_ms"] = PoolBench.MedianOf(alloc);
         return result;
     }
 
@@ -128,19 +128,5 @@ internal static class SyncBench
         double total = System.Numerics.Vector.Sum(a + b + c + d);
         for (int k = vectors.Length * System.Numerics.Vector<double>.Count; k < values.Length; k++) total += values[k];
         return total;
-    }
-
-    private static double Median(int runs, Func<double> measure)
-    {
-        measure();
-        var samples = new double[runs];
-        for (int i = 0; i < runs; i++) samples[i] = measure();
-        return MedianOf(samples);
-    }
-
-    private static double MedianOf(double[] samples)
-    {
-        Array.Sort(samples);
-        return samples[samples.Length / 2];
     }
 }

@@ -105,6 +105,8 @@ public sealed class SharedMemoryTests : ProcessTest
         var part = new double[2];
         arr.CopyTo(part, 2);
         Assert.Equal(new[] { 2.0, 3.0 }, part);
+        Assert.Equal(new[] { 1.0, 2.0 }, arr[1..3]);
+        Assert.Equal(3.0, arr[^1]);
         arr.AsSpan().Fill(5);
         Assert.Equal(20, arr.Sum());
         using var empty = Mp.Array<int>(0);

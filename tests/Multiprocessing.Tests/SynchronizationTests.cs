@@ -429,6 +429,25 @@ public sealed class SynchronizationTests : ProcessTest
     }
 
     [Fact]
+    public void A_primitive_created_in_a_worker_works_in_the_parent()
+    {
+        using var pool = Mp.Pool(1);
+        using var lck = pool.Apply(() =>
+        {
+            var made = Mp.Lock();
+            made.Acquire();
+            return made;
+        });
+        Assert.True(lck.Locked);
+        lck.Release();
+        Assert.True(lck.TryAcquire());
+        Assert.True(pool.Apply(() => lck.Locked));
+        lck.Release();
+        pool.Close();
+        pool.Join();
+    }
+
+    [Fact]
     public void Nothing_of_a_primitive_is_left_once_every_user_has_disposed_it()
     {
         int before = MemfdCount();

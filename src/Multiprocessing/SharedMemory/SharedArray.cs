@@ -108,6 +108,17 @@ public sealed unsafe class SharedArray<T> : IProcessShared, IReadOnlyList<T>, ID
         using (Lock()) source.Slice(index, destination.Length).CopyTo(destination);
     }
 
+    /// <summary>Copies a range out, as Python's <c>arr[start:stop]</c>; it also makes <c>arr[2..5]</c> work.</summary>
+    /// <returns>A new array of <paramref name="length"/> elements.</returns>
+    /// <exception cref="ArgumentOutOfRangeException">The range is outside the array.</exception>
+    /// <exception cref="ObjectDisposedException">This object was disposed.</exception>
+    public T[] Slice(int start, int length)
+    {
+        var copy = new T[length];
+        CopyTo(copy, start);
+        return copy;
+    }
+
     /// <summary>Copies the whole array out, as Python's <c>arr[:]</c>.</summary>
     /// <returns>A new array.</returns>
     /// <exception cref="ObjectDisposedException">This object was disposed.</exception>

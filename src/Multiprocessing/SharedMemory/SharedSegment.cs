@@ -77,10 +77,28 @@ internal sealed unsafe class SharedSegment
     {
         int fd = Volatile.Read(ref _fd);
         if (fd < 0) throw new ObjectDisposedException(nameof(SharedSegment), "a disposed shared object cannot be sent to another process");
+        KeepForReceiver();
         writer.Int32(Environment.ProcessId);
         writer.Int32(fd);
         writer.Int64(Inode);
         writer.Int64(_size);
+    }
+
+    // A handle is only good while its sender has the segment open. A sender that drops the object right after
+    // sending it (a pool task that returns a new lock, say) would race the receiver's open; holding every sent
+    // segment for a while closes that window.
+    private static readonly Queue<(long Sent, SharedSegment Segment)> RecentlySent = new();
+    private static readonly TimeSpan SendGrace = TimeSpan.FromSeconds(30);
+
+    private void KeepForReceiver()
+    {
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        lock (RecentlySent)
+        {
+            while (RecentlySent.Count > 0 && (RecentlySent.Count > 1024 || System.Diagnostics.Stopwatch.GetElapsedTime(RecentlySent.Peek().Sent, now) > SendGrace))
+                RecentlySent.Dequeue();
+            RecentlySent.Enqueue((now, this));
+        }
     }
 
     internal static SharedSegment Read(WireReader reader)

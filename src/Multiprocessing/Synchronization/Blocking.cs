@@ -96,9 +96,9 @@ internal static unsafe class Blocking
     internal static bool Spin(Func<bool> tryTake)
     {
         if (Environment.ProcessorCount == 1) return false;
-        for (int i = 0; i < 40; i++)
+        for (int i = 0; i < 100; i++)
         {
-            Thread.SpinWait(8 << Math.Min(i, 4));
+            Thread.SpinWait(8 << Math.Min(i, 3));
             if (tryTake()) return true;
         }
 

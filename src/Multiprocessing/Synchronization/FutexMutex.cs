@@ -21,7 +21,7 @@ internal sealed unsafe class FutexMutex
     {
         _p = p;
         _reentrant = reentrant;
-        _tryAcquire = TryAcquire;
+        _tryAcquire = TryAcquireIfFree;
         _checkAbandoned = CheckAbandoned;
     }
 
@@ -40,6 +40,9 @@ internal sealed unsafe class FutexMutex
     internal int RecursionCount => IsMine ? (_reentrant ? *Count : 1) : 0;
 
     internal bool TryAcquire() => TryAcquire(Blocking.OwnerId);
+
+    // While waiting, look before compare-and-swap: a failed CAS still takes the cache line away from the holder.
+    private bool TryAcquireIfFree() => (Volatile.Read(ref *Owner) == 0 || _reentrant) && TryAcquire(Blocking.OwnerId);
 
     internal bool TryAcquire(long me)
     {
