@@ -58,12 +58,13 @@ internal static class SyncBench
 
     private static double ContendedIncrements()
     {
-        using var value = Mp.Value(0);
+        // The same form as Python's side: a raw value and a plain lock.
+        using var value = Mp.RawValue(0);
+        using var lck = Mp.Lock();
         using var go = Mp.Event();
         using var done = Mp.Semaphore(0);
         var children = Enumerable.Range(0, 2).Select(_ => Mp.Process(() =>
         {
-            var lck = value.GetLock();
             go.Wait();
             for (int i = 0; i < 50_000; i++)
             {

@@ -43,7 +43,8 @@ internal static unsafe class Blocking
     /// <param name="check">Runs every <see cref="CheckInterval"/> while waiting (dead-holder detection); may throw.</param>
     /// <param name="cancellationToken">Observed between slices; cancelling bumps nothing by itself, so the async
     /// twins register a wake on the word.</param>
-    internal static bool Wait(int* seq, int* waiters, long deadline, Func<bool> tryTake, Action? check, CancellationToken cancellationToken = default)
+    /// <param name="wakePending">The flag <see cref="WakeOne"/> sets, cleared whenever this waiter wakes.</param>
+    internal static bool Wait(int* seq, int* waiters, long deadline, Func<bool> tryTake, Action? check, CancellationToken cancellationToken = default, int* wakePending = null)
     {
         Interlocked.Increment(ref *waiters);
         try
@@ -68,11 +69,16 @@ internal static unsafe class Blocking
                 long wakeAt = Math.Min(deadline, check is null ? long.MaxValue : nextCheck);
                 var slice = wakeAt == long.MaxValue ? TimeSpan.FromSeconds(1) : Stopwatch.GetElapsedTime(now, wakeAt);
                 OsShared.FutexWait(seq, observed, slice);
+                if (wakePending != null) Volatile.Write(ref *wakePending, 0);
             }
         }
         finally
         {
             Interlocked.Decrement(ref *waiters);
+
+            // A wake meant for this waiter may still be marked pending; clearing it only costs a later waker a
+            // syscall, while leaving it set would make wakers skip a sleeper.
+            if (wakePending != null) Volatile.Write(ref *wakePending, 0);
         }
     }
 
@@ -82,6 +88,16 @@ internal static unsafe class Blocking
         if (Volatile.Read(ref *waiters) == 0) return;
         Interlocked.Increment(ref *seq);
         OsShared.FutexWake(seq, count);
+    }
+
+    /// <summary>Wakes one sleeper unless a wake is already on its way: a lock released and retaken in a tight loop
+    /// while another process sleeps on it would otherwise pay a syscall on every release.</summary>
+    internal static void WakeOne(int* seq, int* waiters, int* wakePending)
+    {
+        if (Volatile.Read(ref *waiters) == 0) return;
+        if (Interlocked.Exchange(ref *wakePending, 1) != 0) return;
+        Interlocked.Increment(ref *seq);
+        OsShared.FutexWake(seq, 1);
     }
 
     /// <summary>Wakes everyone so they re-check their condition (cancellation, abort).</summary>

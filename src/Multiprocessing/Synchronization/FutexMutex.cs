@@ -5,7 +5,7 @@ namespace Multiprocessing.Synchronization;
 /// <summary>
 /// The lock word shared by <see cref="ProcessLock"/>, <see cref="ProcessRLock"/> and the barrier's internal lock.
 /// Layout (24 bytes): owner (pid &lt;&lt; 32 | managed thread id, 0 when free) at 0, recursion count at 8, the
-/// futex word at 12, the sleeper count at 16. Recording the owner's pid is what lets a waiter notice that the
+/// futex word at 12, the sleeper count at 16, a "wake on its way" flag at 20. Recording the owner's pid is what lets a waiter notice that the
 /// holder died.
 /// </summary>
 internal sealed unsafe class FutexMutex
@@ -32,6 +32,8 @@ internal sealed unsafe class FutexMutex
     private int* Seq => (int*)(_p + 12);
 
     private int* Waiters => (int*)(_p + 16);
+
+    private int* WakePending => (int*)(_p + 20);
 
     internal bool Locked => Volatile.Read(ref *Owner) != 0;
 
@@ -62,14 +64,14 @@ internal sealed unsafe class FutexMutex
         if (TryAcquire()) return true;
         if (deadline <= System.Diagnostics.Stopwatch.GetTimestamp()) return false;
         if (Blocking.Spin(_tryAcquire)) return true;
-        return Blocking.Wait(Seq, Waiters, deadline, _tryAcquire, _checkAbandoned, cancellationToken);
+        return Blocking.Wait(Seq, Waiters, deadline, _tryAcquire, _checkAbandoned, cancellationToken, WakePending);
     }
 
     /// <summary>Acquires on behalf of <paramref name="owner"/> (an async caller whose wait runs on another thread).</summary>
     internal bool AcquireAs(long owner, long deadline, CancellationToken cancellationToken)
     {
         if (TryAcquire(owner)) return true;
-        return Blocking.Wait(Seq, Waiters, deadline, () => TryAcquire(owner), () => CheckAbandoned(owner), cancellationToken);
+        return Blocking.Wait(Seq, Waiters, deadline, () => TryAcquire(owner), () => CheckAbandoned(owner), cancellationToken, WakePending);
     }
 
     internal void Release(string what)
@@ -92,7 +94,7 @@ internal sealed unsafe class FutexMutex
             }
         }
 
-        Blocking.Wake(Seq, Waiters, 1);
+        Blocking.WakeOne(Seq, Waiters, WakePending);
     }
 
     /// <summary>Lets go completely (a condition's wait); returns what <see cref="RestoreAs"/> needs.</summary>
@@ -103,7 +105,7 @@ internal sealed unsafe class FutexMutex
         if (Volatile.Read(ref *Owner) != me) throw new InvalidOperationException($"cannot wait on a condition whose {what} this thread does not hold");
         int count = _reentrant ? *Count : 1;
         Interlocked.Exchange(ref *Owner, 0);
-        Blocking.Wake(Seq, Waiters, 1);
+        Blocking.WakeOne(Seq, Waiters, WakePending);
         return count;
     }
 
