@@ -230,7 +230,7 @@ public sealed class SharedMemoryTests : ProcessTest
     }
 
     [Fact]
-    public void A_block_left_without_unlink_is_removed_when_its_creator_closes_the_tracker()
+    public void Unlinking_the_last_block_stops_the_tracker()
     {
         var block = Mp.SharedMemory(create: true, size: 16);
         var name = block.Name;

@@ -25,17 +25,15 @@ public sealed unsafe class SharedMemoryBlock : IProcessShared, IDisposable, IAsy
 {
     private readonly int _fd;
     private readonly nint _address;
-    private readonly bool _created;
     private int _closed;
     private int _unlinked;
 
-    private SharedMemoryBlock(string name, int fd, nint address, long size, bool created)
+    private SharedMemoryBlock(string name, int fd, nint address, long size)
     {
         Name = name;
         _fd = fd;
         _address = address;
         Size = size;
-        _created = created;
     }
 
     /// <summary>The block's name, without a leading slash, as Python's <c>name</c>.</summary>
@@ -88,7 +86,7 @@ public sealed unsafe class SharedMemoryBlock : IProcessShared, IDisposable, IAsy
 
         var (fd, address, actual) = OsShared.OpenNamed(name, create, size);
         if (create) ResourceTracker.Register(name);
-        return new SharedMemoryBlock(name, fd, address, actual, create);
+        return new SharedMemoryBlock(name, fd, address, actual);
     }
 
     /// <summary>Unmaps the block in this process, as Python's <c>close()</c>; the name stays until
@@ -129,8 +127,6 @@ public sealed unsafe class SharedMemoryBlock : IProcessShared, IDisposable, IAsy
     void IProcessShared.WriteHandle(WireWriter writer) => writer.String(Name);
 
     internal static SharedMemoryBlock ReadHandle(WireReader reader) => Open(reader.String(), create: false, 0);
-
-    internal bool Created => _created;
 
     private sealed class BlockMemory(SharedMemoryBlock block) : MemoryManager<byte>
     {

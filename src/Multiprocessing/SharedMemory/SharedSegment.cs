@@ -134,7 +134,7 @@ internal static class SharedHandles
     private static readonly System.Collections.Concurrent.ConcurrentDictionary<Type, Func<WireReader, object>> Readers = new();
 
     internal static bool IsShared(Type type) =>
-        typeof(IProcessShared).IsAssignableFrom(type) || type == typeof(IProcessLock) || type == typeof(ProcessLockBase);
+        typeof(IProcessShared).IsAssignableFrom(type) || type == typeof(IProcessLock);
 
     internal static object Read(WireReader reader, Type declared)
     {

@@ -13,6 +13,8 @@ internal static unsafe class Blocking
     /// <summary>How often a sleeping waiter looks for a holder that died; bounds how late abandonment is noticed.</summary>
     internal static readonly TimeSpan CheckInterval = TimeSpan.FromMilliseconds(100);
 
+    private static readonly long CheckIntervalTicks = (long)(CheckInterval.TotalSeconds * Stopwatch.Frequency);
+
     internal static readonly int Pid = Environment.ProcessId;
 
     /// <summary>Who "I" am for ownership: this process and this managed thread.</summary>
@@ -49,7 +51,7 @@ internal static unsafe class Blocking
         Interlocked.Increment(ref *waiters);
         try
         {
-            long nextCheck = Stopwatch.GetTimestamp() + (long)(CheckInterval.TotalSeconds * Stopwatch.Frequency);
+            long nextCheck = Stopwatch.GetTimestamp() + CheckIntervalTicks;
             while (true)
             {
                 int observed = Volatile.Read(ref *seq);
@@ -60,7 +62,7 @@ internal static unsafe class Blocking
                 if (check is not null && now >= nextCheck)
                 {
                     check();
-                    nextCheck = now + (long)(CheckInterval.TotalSeconds * Stopwatch.Frequency);
+                    nextCheck = now + CheckIntervalTicks;
                     continue;
                 }
 

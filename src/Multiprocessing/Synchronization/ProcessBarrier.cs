@@ -56,16 +56,16 @@ public sealed unsafe class ProcessBarrier : IProcessShared, IDisposable, IAsyncD
     public int Parties => *(int*)(_p + 40);
 
     /// <summary>How many parties are waiting now, as Python's <c>n_waiting</c>.</summary>
-    public int NWaiting => Volatile.Read(ref *Broken_) != 0 ? 0 : Volatile.Read(ref *Arrived);
+    public int NWaiting => Volatile.Read(ref *BrokenFlag) != 0 ? 0 : Volatile.Read(ref *Arrived);
 
     /// <summary>Whether the barrier is broken, as Python's <c>broken</c>.</summary>
-    public bool Broken => Volatile.Read(ref *Broken_) != 0;
+    public bool Broken => Volatile.Read(ref *BrokenFlag) != 0;
 
     private int* Generation => (int*)(_p + 24);
 
     private int* Arrived => (int*)(_p + 28);
 
-    private int* Broken_ => (int*)(_p + 32);
+    private int* BrokenFlag => (int*)(_p + 32);
 
     private int* ResetGeneration => (int*)(_p + 36);
 
@@ -117,7 +117,7 @@ public sealed unsafe class ProcessBarrier : IProcessShared, IDisposable, IAsyncD
                 *Arrived = 0;
             }
 
-            Volatile.Write(ref *Broken_, 0);
+            Volatile.Write(ref *BrokenFlag, 0);
             Blocking.Nudge(Seq);
         });
     }
@@ -164,7 +164,7 @@ public sealed unsafe class ProcessBarrier : IProcessShared, IDisposable, IAsyncD
         LockInternal();
         try
         {
-            if (*Broken_ != 0) throw new BrokenBarrierException("the barrier is broken; Reset() it to use it again");
+            if (*BrokenFlag != 0) throw new BrokenBarrierException("the barrier is broken; Reset() it to use it again");
             generation = *Generation;
             index = (*Arrived)++;
             if (index + 1 == Parties)
@@ -198,7 +198,7 @@ public sealed unsafe class ProcessBarrier : IProcessShared, IDisposable, IAsyncD
                 Seq,
                 Waiters,
                 deadline,
-                () => Volatile.Read(ref *Generation) != generation || Volatile.Read(ref *Broken_) != 0,
+                () => Volatile.Read(ref *Generation) != generation || Volatile.Read(ref *BrokenFlag) != 0,
                 () => CheckParties(generation),
                 cancellationToken);
         }
@@ -232,7 +232,7 @@ public sealed unsafe class ProcessBarrier : IProcessShared, IDisposable, IAsyncD
     // Called with the internal lock held.
     private void Break()
     {
-        Volatile.Write(ref *Broken_, 1);
+        Volatile.Write(ref *BrokenFlag, 1);
         Blocking.Nudge(Seq);
     }
 
