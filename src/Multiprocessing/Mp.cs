@@ -180,6 +180,72 @@ public static class Mp
     public static SharedMemoryBlock SharedMemory(string? name = null, bool create = false, long size = 0) =>
         SharedMemoryBlock.Open(name, create, size);
 
+    /// <summary>Makes a pipe, as <c>mp.Pipe(duplex)</c>: two connected ends to keep one and pass the other on.</summary>
+    /// <typeparam name="T">What <see cref="Connection{T}.Send"/> and <see cref="Connection{T}.Recv"/> carry.</typeparam>
+    /// <param name="duplex">True: both ends send and receive (a socket pair). False: the first end only receives
+    /// and the second only sends (a pipe), as in Python.</param>
+    /// <returns>The two ends.</returns>
+    /// <exception cref="System.ComponentModel.Win32Exception">The system is out of descriptors.</exception>
+    public static (Connection<T> First, Connection<T> Second) Pipe<T>(bool duplex = true)
+    {
+        if (duplex)
+        {
+            var (a, b) = Platform.OsIo.SocketPair();
+            return (new Connection<T>(a, true, true, trusted: true), new Connection<T>(b, true, true, trusted: true));
+        }
+
+        var (r, w) = Platform.OsIo.Pipe();
+        return (new Connection<T>(r, readable: true, writable: false, trusted: true), new Connection<T>(w, readable: false, writable: true, trusted: true));
+    }
+
+    /// <summary>Makes a queue shared by processes, as <c>mp.Queue(maxsize)</c>.</summary>
+    /// <typeparam name="T">The items.</typeparam>
+    /// <param name="maxSize">The most items it holds; 0 (the default) for no bound.</param>
+    /// <param name="options">Buffer tuning; null for the defaults.</param>
+    /// <returns>The queue.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxSize"/> is negative.</exception>
+    public static ProcessQueue<T> Queue<T>(int maxSize = 0, QueueOptions? options = null) => ProcessQueue<T>.Create(maxSize, options);
+
+    /// <summary>Makes a queue whose consumers report each item done, as <c>mp.JoinableQueue(maxsize)</c>.</summary>
+    /// <typeparam name="T">The items.</typeparam>
+    /// <param name="maxSize">The most items it holds; 0 (the default) for no bound.</param>
+    /// <param name="options">Buffer tuning; null for the defaults.</param>
+    /// <returns>The queue.</returns>
+    /// <exception cref="ArgumentOutOfRangeException"><paramref name="maxSize"/> is negative.</exception>
+    public static JoinableProcessQueue<T> JoinableQueue<T>(int maxSize = 0, QueueOptions? options = null) => JoinableProcessQueue<T>.Create(maxSize, options);
+
+    /// <summary>Makes the plain queue of <c>mp.SimpleQueue()</c>.</summary>
+    /// <typeparam name="T">The items.</typeparam>
+    /// <param name="options">Buffer tuning; null for the defaults.</param>
+    /// <returns>The queue.</returns>
+    public static SimpleProcessQueue<T> SimpleQueue<T>(QueueOptions? options = null) => new(ProcessQueue<T>.Create(0, options));
+
+    /// <summary>Listens for connections from other programs, as <c>multiprocessing.connection.Listener</c>.</summary>
+    /// <typeparam name="T">What the accepted connections carry (plain MessagePack: no type names travel).</typeparam>
+    /// <param name="address">An <see cref="System.Net.IPEndPoint"/> (port 0 picks one) or a
+    /// <see cref="System.Net.Sockets.UnixDomainSocketEndPoint"/>; null makes an abstract Unix socket.</param>
+    /// <param name="authKey">With a key, every client must prove it knows it (and the listener proves it too);
+    /// null accepts anyone who can reach the address.</param>
+    /// <param name="backlog">How many connections may wait to be accepted.</param>
+    /// <param name="options">Message size limit and handshake timeout.</param>
+    /// <returns>The listener; <see cref="ConnectionListener{T}.Address"/> is where clients connect.</returns>
+    /// <exception cref="ArgumentException">An empty authKey.</exception>
+    /// <exception cref="System.Net.Sockets.SocketException">The address is in use or cannot be bound.</exception>
+    public static ConnectionListener<T> Listener<T>(System.Net.EndPoint? address = null, byte[]? authKey = null, int backlog = 16, ConnectionOptions? options = null) =>
+        new(address, authKey, backlog, options);
+
+    /// <summary>Connects to a <see cref="ConnectionListener{T}"/> (or a Python Listener), as
+    /// <c>multiprocessing.connection.Client</c>.</summary>
+    /// <typeparam name="T">What the connection carries.</typeparam>
+    /// <param name="address">The listener's address.</param>
+    /// <param name="authKey">The listener's key, or null if it has none.</param>
+    /// <param name="options">Message size limit and handshake timeout.</param>
+    /// <returns>The connection, authenticated both ways when there is a key.</returns>
+    /// <exception cref="System.Security.Authentication.AuthenticationException">The keys differ.</exception>
+    /// <exception cref="System.Net.Sockets.SocketException">Nobody listens there.</exception>
+    public static Connection<T> Client<T>(System.Net.EndPoint address, byte[]? authKey = null, ConnectionOptions? options = null) =>
+        ConnectionListener<T>.Connect(address, authKey, options);
+
     private static unsafe SharedValue<T> NewValue<T>(T initial, ProcessLockBase? @lock)
         where T : unmanaged
     {

@@ -149,3 +149,58 @@ internal static unsafe partial class Posix
     [LibraryImport(Libc, SetLastError = true)]
     internal static partial long syscall(long number, int* address, int op, int value, void* timeout, void* address2, int value3);
 }
+
+/// <summary>Descriptor, pipe and socket entry points used by <see cref="OsIo"/>.</summary>
+internal static unsafe partial class Posix
+{
+    internal const int EPIPE = 32;
+    internal const int ECONNRESET = 104;
+    internal const int ECONNREFUSED = 111;
+    internal const int F_DUPFD_CLOEXEC = 1030;
+    internal const short POLLIN = 0x1;
+    internal const short POLLOUT = 0x4;
+    internal const short POLLERR = 0x8;
+    internal const short POLLHUP = 0x10;
+    internal const short POLLNVAL = 0x20;
+    internal const int SOL_SOCKET = 1;
+    internal const int SCM_RIGHTS = 1;
+    internal const int SO_PEERCRED = 17;
+    internal const int MSG_NOSIGNAL = 0x4000;
+    internal const int MSG_CMSG_CLOEXEC = 0x40000000;
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int pipe2(int* fds, int flags);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int poll(void* fds, ulong count, int timeoutMs);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int socket(int domain, int type, int protocol);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int bind(int fd, void* address, int length);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int listen(int fd, int backlog);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int accept4(int fd, void* address, int* length, int flags);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int connect(int fd, void* address, int length);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial nint send(int fd, byte* buffer, nint count, int flags);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial nint sendmsg(int fd, void* message, int flags);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial nint recvmsg(int fd, void* message, int flags);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int getsockopt(int fd, int level, int name, void* value, int* length);
+
+    [LibraryImport(Libc)]
+    internal static partial uint getuid();
+}

@@ -125,6 +125,23 @@ internal sealed unsafe class FutexMutex
 
     internal void Nudge() => Blocking.Nudge(Seq);
 
+    /// <summary>Takes the lock if its holder has died; true if this thread now holds it.</summary>
+    internal bool TakeOverIfOwnerDead()
+    {
+        try
+        {
+            CheckAbandoned(Blocking.OwnerId);
+            return false;
+        }
+        catch (AbandonedLockException)
+        {
+            return true;
+        }
+    }
+
+    /// <summary>The pid of the holder, 0 when free.</summary>
+    internal int OwnerPid => Blocking.PidOf(Volatile.Read(ref *Owner));
+
     private void CheckAbandoned() => CheckAbandoned(Blocking.OwnerId);
 
     private void CheckAbandoned(long me)

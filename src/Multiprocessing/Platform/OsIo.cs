@@ -1,0 +1,267 @@
+using System.ComponentModel;
+using System.Runtime.InteropServices;
+using System.Text;
+
+namespace Multiprocessing.Platform;
+
+/// <summary>
+/// The seam for byte streams between processes: pipes, socket pairs, blocking reads and writes with deadlines, and
+/// passing a descriptor to another process over a Unix socket (SCM_RIGHTS). Only this file knows these are Linux
+/// calls; the abstract socket namespace it uses for descriptor passing has no files to leak.
+/// </summary>
+internal static unsafe class OsIo
+{
+    /// <summary>A connected pair of stream sockets: both ends read and write.</summary>
+    /// <exception cref="Win32Exception">The kernel refused (descriptor limit).</exception>
+    internal static (int A, int B) SocketPair()
+    {
+        int* fds = stackalloc int[2];
+        if (Posix.socketpair(Posix.AF_UNIX, Posix.SOCK_STREAM | Posix.SOCK_CLOEXEC, 0, fds) != 0)
+            throw new Win32Exception(Marshal.GetLastPInvokeError(), "socketpair failed");
+        return (fds[0], fds[1]);
+    }
+
+    /// <summary>A one-way pipe.</summary>
+    /// <exception cref="Win32Exception">The kernel refused (descriptor limit).</exception>
+    internal static (int Read, int Write) Pipe()
+    {
+        int* fds = stackalloc int[2];
+        if (Posix.pipe2(fds, Posix.O_CLOEXEC) != 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), "pipe2 failed");
+        return (fds[0], fds[1]);
+    }
+
+    /// <summary>A second descriptor for the same open file, closed on exec.</summary>
+    /// <exception cref="Win32Exception">The kernel refused.</exception>
+    internal static int Dup(int fd)
+    {
+        int own = Posix.fcntl(fd, Posix.F_DUPFD_CLOEXEC, 0);
+        if (own < 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), "duplicating a descriptor failed");
+        return own;
+    }
+
+    internal static void Close(int fd) => Posix.close(fd);
+
+    /// <summary>Reads what is there, at most <paramref name="buffer"/>'s length; 0 means the other end closed.
+    /// A reset connection counts as closed.</summary>
+    /// <exception cref="IOException">The read failed.</exception>
+    internal static int Read(int fd, Span<byte> buffer)
+    {
+        fixed (byte* p = buffer)
+        {
+            while (true)
+            {
+                nint n = Posix.read(fd, p, buffer.Length);
+                if (n >= 0) return (int)n;
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Posix.EINTR) continue;
+                if (errno == Posix.ECONNRESET) return 0;
+
+                // A descriptor someone else made non-blocking (a socket the runtime created): wait, then retry.
+                if (errno == Posix.EAGAIN)
+                {
+                    WaitReadable(fd, -1);
+                    continue;
+                }
+
+                throw new IOException($"reading from a connection failed: {new Win32Exception(errno).Message}");
+            }
+        }
+    }
+
+    /// <summary>Writes every byte, however many calls that takes.</summary>
+    /// <exception cref="IOException">The other end is closed (Python's BrokenPipeError) or the write failed.</exception>
+    internal static void WriteAll(int fd, ReadOnlySpan<byte> data, bool socket)
+    {
+        fixed (byte* start = data)
+        {
+            byte* p = start;
+            nint left = data.Length;
+            while (left > 0)
+            {
+                // send() with MSG_NOSIGNAL on sockets: a closed peer is an error here, never a signal.
+                nint n = socket ? Posix.send(fd, p, left, Posix.MSG_NOSIGNAL) : Posix.write(fd, p, left);
+                if (n > 0)
+                {
+                    p += n;
+                    left -= n;
+                    continue;
+                }
+
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Posix.EINTR) continue;
+                if (errno == Posix.EAGAIN)
+                {
+                    WaitWritable(fd);
+                    continue;
+                }
+
+                if (errno is Posix.EPIPE or Posix.ECONNRESET) throw new IOException("the other end of the connection is closed (broken pipe)");
+                throw new IOException($"writing to a connection failed: {new Win32Exception(errno).Message}");
+            }
+        }
+    }
+
+    /// <summary>Waits until a read would not block (data, or the other end closed).</summary>
+    /// <param name="fd">The descriptor.</param>
+    /// <param name="timeoutMs">Milliseconds; -1 waits forever, 0 only looks.</param>
+    /// <returns>False on timeout.</returns>
+    internal static bool WaitReadable(int fd, int timeoutMs) => PollOne(fd, Posix.POLLIN, timeoutMs);
+
+    private static void WaitWritable(int fd) => PollOne(fd, Posix.POLLOUT, -1);
+
+    private static bool PollOne(int fd, short events, int timeoutMs)
+    {
+        // struct pollfd { int fd; short events; short revents; }
+        int* pfd = stackalloc int[2];
+        while (true)
+        {
+            pfd[0] = fd;
+            pfd[1] = (ushort)events;
+            int rc = Posix.poll(pfd, 1, timeoutMs);
+            if (rc > 0) return true;
+            if (rc == 0) return false;
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != Posix.EINTR) throw new IOException($"poll failed: {new Win32Exception(errno).Message}");
+        }
+    }
+
+    /// <summary>Whether <paramref name="fd"/> is a socket (send with MSG_NOSIGNAL) rather than a pipe.</summary>
+    internal static bool IsSocket(int fd)
+    {
+        byte* stat = stackalloc byte[256];
+        if (Posix.fstat(fd, stat) != 0) return false;
+
+        // st_mode sits at 24 in the x86-64 struct stat and at 16 in the generic (arm64) one.
+        uint mode = RuntimeInformation.ProcessArchitecture == Architecture.X64 ? *(uint*)(stat + 24) : *(uint*)(stat + 16);
+        return (mode & 0xF000) == 0xC000;
+    }
+
+    // ---- descriptor passing ----
+
+    /// <summary>Listens on an abstract Unix socket: a name with no file, gone when the process is.</summary>
+    /// <exception cref="Win32Exception">The kernel refused.</exception>
+    internal static int ListenAbstract(string name)
+    {
+        int fd = Posix.socket(Posix.AF_UNIX, Posix.SOCK_STREAM | Posix.SOCK_CLOEXEC, 0);
+        if (fd < 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), "socket failed");
+        byte* address = stackalloc byte[110];
+        int length = AbstractAddress(name, address);
+        if (Posix.bind(fd, address, length) != 0 || Posix.listen(fd, 64) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            Posix.close(fd);
+            throw new Win32Exception(errno, "listening for descriptor requests failed");
+        }
+
+        return fd;
+    }
+
+    /// <summary>Accepts one connection; returns it with the peer's user id.</summary>
+    /// <exception cref="IOException">The listening socket was closed or failed.</exception>
+    internal static (int Fd, uint Uid) Accept(int listenFd)
+    {
+        while (true)
+        {
+            int fd = Posix.accept4(listenFd, null, null, Posix.SOCK_CLOEXEC);
+            if (fd < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Posix.EINTR) continue;
+                throw new IOException($"accept failed: {new Win32Exception(errno).Message}");
+            }
+
+            // struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+            int* cred = stackalloc int[3];
+            int length = 12;
+            uint uid = Posix.getsockopt(fd, Posix.SOL_SOCKET, Posix.SO_PEERCRED, cred, &length) == 0 ? (uint)cred[1] : uint.MaxValue;
+            return (fd, uid);
+        }
+    }
+
+    internal static uint Uid => Posix.getuid();
+
+    /// <summary>Connects to an abstract Unix socket; -1 when nobody listens there (the process has exited).</summary>
+    internal static int ConnectAbstract(string name)
+    {
+        int fd = Posix.socket(Posix.AF_UNIX, Posix.SOCK_STREAM | Posix.SOCK_CLOEXEC, 0);
+        if (fd < 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), "socket failed");
+        byte* address = stackalloc byte[110];
+        int length = AbstractAddress(name, address);
+        while (Posix.connect(fd, address, length) != 0)
+        {
+            if (Marshal.GetLastPInvokeError() == Posix.EINTR) continue;
+            Posix.close(fd);
+            return -1;
+        }
+
+        return fd;
+    }
+
+    /// <summary>Sends one status byte and, unless <paramref name="fd"/> is -1, the descriptor with it.</summary>
+    internal static void SendDescriptor(int socket, byte status, int fd)
+    {
+        byte* control = stackalloc byte[24];
+        new Span<byte>(control, 24).Clear();
+        var iov = stackalloc nint[2];
+        iov[0] = (nint)(&status);
+        iov[1] = 1;
+        var msg = stackalloc byte[56];
+        new Span<byte>(msg, 56).Clear();
+        *(nint*)(msg + 16) = (nint)iov;
+        *(long*)(msg + 24) = 1;
+        if (fd >= 0)
+        {
+            // struct cmsghdr { size_t len; int level; int type; } then the int: CMSG_LEN(4) = 20, CMSG_SPACE(4) = 24.
+            *(long*)control = 20;
+            *(int*)(control + 8) = Posix.SOL_SOCKET;
+            *(int*)(control + 12) = Posix.SCM_RIGHTS;
+            *(int*)(control + 16) = fd;
+            *(nint*)(msg + 32) = (nint)control;
+            *(long*)(msg + 40) = 24;
+        }
+
+        while (Posix.sendmsg(socket, msg, Posix.MSG_NOSIGNAL) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != Posix.EINTR) throw new IOException($"passing a descriptor failed: {new Win32Exception(errno).Message}");
+        }
+    }
+
+    /// <summary>Receives a status byte and the descriptor that came with it (-1 if none).</summary>
+    internal static (byte Status, int Fd) ReceiveDescriptor(int socket)
+    {
+        byte status = 0;
+        byte* control = stackalloc byte[64];
+        new Span<byte>(control, 64).Clear();
+        var iov = stackalloc nint[2];
+        iov[0] = (nint)(&status);
+        iov[1] = 1;
+        var msg = stackalloc byte[56];
+        new Span<byte>(msg, 56).Clear();
+        *(nint*)(msg + 16) = (nint)iov;
+        *(long*)(msg + 24) = 1;
+        *(nint*)(msg + 32) = (nint)control;
+        *(long*)(msg + 40) = 64;
+        nint n;
+        while ((n = Posix.recvmsg(socket, msg, Posix.MSG_CMSG_CLOEXEC)) < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno != Posix.EINTR) throw new IOException($"receiving a descriptor failed: {new Win32Exception(errno).Message}");
+        }
+
+        if (n == 0) return (0, -1);
+        int fd = -1;
+        if (*(long*)(msg + 40) >= 20 && *(int*)(control + 8) == Posix.SOL_SOCKET && *(int*)(control + 12) == Posix.SCM_RIGHTS)
+            fd = *(int*)(control + 16);
+        return (status, fd);
+    }
+
+    private static int AbstractAddress(string name, byte* address)
+    {
+        // struct sockaddr_un { sa_family_t family; char path[108]; }, abstract when path[0] is NUL.
+        *(ushort*)address = Posix.AF_UNIX;
+        address[2] = 0;
+        int n = Encoding.ASCII.GetBytes(name, new Span<byte>(address + 3, 100));
+        return 3 + n;
+    }
+}
