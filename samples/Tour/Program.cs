@@ -9,6 +9,8 @@ var sections = new (string Title, Action Run)[]
     ("Pool.imap_unordered with a sleep_func", PoolSection.SleepImapUnordered),
     ("Pool.map with a sleep_func", PoolSection.SleepMap),
     ("Pool.map with a live progress bar", PoolSection.Progress),
+    ("Exchanging objects between processes: Queues", ExchangeSection.Queues),
+    ("Exchanging objects between processes: Pipes", ExchangeSection.Pipes),
     ("Synchronization between processes", SyncSection.Run),
     ("Sharing state: shared memory", SharedMemorySection.Run),
 };
@@ -139,6 +141,43 @@ internal static class PoolSection
     }
 }
 
+internal static class ExchangeSection
+{
+    // Python:
+    //   def f(q): q.put([42, None, 'hello'])
+    //   q = Queue(); p = Process(target=f, args=(q,)); p.start()
+    //   print(q.get())    # prints "[42, None, 'hello']"
+    //   p.join()
+    public static void Queues()
+    {
+        using var q = Mp.Queue<object?[]>();
+        var p = Mp.Process(() => q.Put([42, null, "hello"]));
+        p.Start();
+        Console.WriteLine(Python.Repr(q.Get()));
+        p.Join();
+    }
+
+    // Python:
+    //   def f(conn): conn.send([42, None, 'hello']); conn.close()
+    //   parent_conn, child_conn = Pipe(); p = Process(target=f, args=(child_conn,)); p.start()
+    //   print(parent_conn.recv())   # prints "[42, None, 'hello']"
+    //   p.join()
+    public static void Pipes()
+    {
+        var (parentConn, childConn) = Mp.Pipe<object?[]>();
+        var p = Mp.Process(() =>
+        {
+            childConn.Send([42, null, "hello"]);
+            childConn.Close();
+        });
+        p.Start();
+        Console.WriteLine(Python.Repr(parentConn.Recv()));
+        p.Join();
+        parentConn.Close();
+        childConn.Close();
+    }
+}
+
 internal static class SyncSection
 {
     // Python:
@@ -196,4 +235,13 @@ internal static class SharedMemorySection
 internal static class Python
 {
     public static string List<T>(IEnumerable<T> items) => "[" + string.Join(", ", items) + "]";
+
+    public static string Repr(object? value) => value switch
+    {
+        null => "None",
+        string s => $"'{s}'",
+        bool b => b ? "True" : "False",
+        System.Collections.IEnumerable items => "[" + string.Join(", ", items.Cast<object?>().Select(Repr)) + "]",
+        _ => Convert.ToString(value, System.Globalization.CultureInfo.InvariantCulture) ?? "",
+    };
 }

@@ -118,6 +118,27 @@ public sealed class QueueTests : ProcessTest
     }
 
     [Fact]
+    public void Locks_values_and_events_travel_inside_queue_items()
+    {
+        using var inbox = Mp.Queue<(ProcessLock Lock, SharedValue<int> Counter, ProcessEvent Done)>();
+        using var counter = Mp.RawValue<int>();
+        using var lck = Mp.Lock();
+        using var done = Mp.Event();
+        using var p = Mp.Process(() =>
+        {
+            var (l, c, d) = inbox.Get();
+            using (l.Acquire()) c.Value += 41;
+            d.Set();
+        });
+        p.Start();
+        inbox.Put((lck, counter, done));
+        Assert.True(done.Wait(Guard));
+        using (lck.Acquire()) Assert.Equal(41, counter.Value);
+        p.Join(Guard);
+        Assert.Equal(0, p.ExitCode);
+    }
+
+    [Fact]
     public void A_consumer_killed_while_waiting_does_not_block_the_queue()
     {
         using var q = Mp.Queue<int>();
