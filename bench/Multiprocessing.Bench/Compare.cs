@@ -30,6 +30,8 @@ internal static class Compare
             var pythonPool = RunPython("bench_pool.py", ["5"]);
             var sync = SyncBench.Run(5);
             var pythonSync = RunPython("bench_sync.py", ["5"]);
+            var pipes = PipeQueueBench.Run(5);
+            var pythonPipes = RunPython("bench_pipe_queue.py", ["5"]);
             double Py(string key) => pythonPool.GetProperty(key).GetDouble();
             double PySync(string key) => pythonSync.GetProperty(key).GetDouble();
             var rows = new List<Row>
@@ -56,6 +58,7 @@ internal static class Compare
                 new("80 MB of doubles: allocated, filled by a new child, summed by the parent", sync["array_80mb_child_fill_parent_sum_ms"], PySync("array_80mb_child_fill_parent_sum_ms"), "ms", "<= 0.5x"),
                 new("80 MB of doubles: allocation alone", sync["array_80mb_alloc_ms"], PySync("array_80mb_alloc_ms"), "ms", "-"),
             };
+            rows.AddRange(PipeQueueRows(pipes, pythonPipes));
             Print(rows, python.GetProperty("python").GetString()!, runs);
             Save(rows);
             return 0;
@@ -64,6 +67,34 @@ internal static class Compare
         {
             Directory.Delete(scratch, recursive: true);
         }
+    }
+
+    /// <summary>`... -- pipes [runs]`: only the pipe and queue workloads, both sides, in the same table.</summary>
+    internal static int RunPipes(string[] args)
+    {
+        int runs = args.Length > 0 ? int.Parse(args[0], CultureInfo.InvariantCulture) : 5;
+        Mp.SetStartMethod(StartMethod.Spawn);
+        var pipes = PipeQueueBench.Run(runs);
+        var python = RunPython("bench_pipe_queue.py", [runs.ToString(CultureInfo.InvariantCulture)]);
+        var rows = PipeQueueRows(pipes, python);
+        Print(rows, python.GetProperty("python").GetString()!, runs, warmUps: 1);
+        Save(rows, "latest-pipes.json");
+        return 0;
+    }
+
+    private static List<Row> PipeQueueRows(Dictionary<string, double> ours, JsonElement python)
+    {
+        double Py(string key) => python.GetProperty(key).GetDouble();
+        return
+        [
+            new("Pipe ping-pong of a small int, 10,000 round trips", ours["pipe_ping_pong_us"], Py("pipe_ping_pong_us"), "us", "<= 0.2x"),
+            new("Pipe SendBytes/RecvBytes 200 x 1 MiB, child to parent", ours["pipe_bytes_1mib_mib_per_s"], Py("pipe_bytes_1mib_mib_per_s"), "MiB/s", ">= 3x"),
+            new("Queue: a child puts 100,000 small ints, parent gets them", ours["queue_100k_ints_per_s"], Py("queue_100k_ints_per_s"), "msgs/s", ">= 10x"),
+            new("Queue: a child puts 10,000 x 1 KiB byte arrays, parent gets them", ours["queue_1kib_msgs_per_s"], Py("queue_1kib_msgs_per_s"), "msgs/s", "-"),
+            new("Queue: a child puts 10,000 x 1 KiB byte arrays, parent gets them", ours["queue_1kib_mib_per_s"], Py("queue_1kib_mib_per_s"), "MiB/s", "-"),
+            new("SimpleQueue: a child puts 100,000 small ints, parent gets them", ours["simple_queue_100k_ints_per_s"], Py("simple_queue_100k_ints_per_s"), "msgs/s", "-"),
+            new("80 MB of doubles: made by a new child, sent through a Pipe as bytes, summed by the parent", ours["pipe_80mb_child_send_parent_sum_ms"], Py("pipe_80mb_child_send_parent_sum_ms"), "ms", "<= 0.5x"),
+        ];
     }
 
     private static double StartJoinMs(StartMethod method, int runs)
@@ -156,9 +187,9 @@ internal static class Compare
         public double Ratio => Ours / Python;
     }
 
-    private static void Print(List<Row> rows, string pythonVersion, int runs)
+    private static void Print(List<Row> rows, string pythonVersion, int runs, int warmUps = 3)
     {
-        Console.WriteLine($"Multiprocessing for .NET vs Python {pythonVersion} multiprocessing, median of {runs} after 3 warm-ups, same run");
+        Console.WriteLine($"Multiprocessing for .NET vs Python {pythonVersion} multiprocessing, median of {runs} after {warmUps} warm-up{(warmUps == 1 ? "" : "s")}, same run");
         Console.WriteLine();
         Console.WriteLine("| workload | ours | Python | unit | ratio (ours/Python) | target |");
         Console.WriteLine("|---|---:|---:|---|---:|---|");
@@ -175,11 +206,11 @@ internal static class Compare
         _ => string.Create(CultureInfo.InvariantCulture, $"{value:F1}"),
     };
 
-    private static void Save(List<Row> rows)
+    private static void Save(List<Row> rows, string fileName = "latest.json")
     {
         var dir = Path.Combine(AppContext.BaseDirectory, "results");
         Directory.CreateDirectory(dir);
-        var path = Path.Combine(dir, "latest.json");
+        var path = Path.Combine(dir, fileName);
         File.WriteAllText(path, JsonSerializer.Serialize(rows.Select(r => new { r.Workload, r.Ours, r.Python, r.Unit, r.Ratio, r.Target })));
         Console.WriteLine();
         Console.WriteLine($"results written to {path}");

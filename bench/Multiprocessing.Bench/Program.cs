@@ -16,4 +16,7 @@ if (args.Length > 0 && args[0] == "sync")
     return 0;
 }
 
+// `... -- pipes [runs]` compares only the pipe and queue workloads with Python's, side by side in one table.
+if (args.Length > 0 && args[0] == "pipes") return Compare.RunPipes(args[1..]);
+
 return Compare.Run(args);
