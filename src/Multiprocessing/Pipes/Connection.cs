@@ -41,6 +41,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
     private readonly long _maxMessage;
     private readonly object _sendGate = new();
     private readonly object _recvGate = new();
+    private readonly AdaptiveSpin _spin = new();
     private UInt128 _shareToken;
     private bool _shared;
 
@@ -446,7 +447,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
                     : $"a message of {length} bytes is larger than the limit of {Math.Min(limit, Array.MaxLength)}; the connection was closed");
             }
 
-            return ReadBody(fd, (int)length, pooled);
+            return ReadBody(fd, (int)length, pooled, _codec.IsTrusted);
         }
         finally
         {
@@ -454,11 +455,12 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
     }
 
-    private static (byte[] Message, int Length) ReadBody(int fd, int length, bool pooled)
+    private static (byte[] Message, int Length) ReadBody(int fd, int length, bool pooled, bool trusted)
     {
-        // Grow with what actually arrives: a header that claims a gigabyte allocates nothing until bytes follow.
-        int initial = Math.Min(length, GrowthStep);
-        byte[] buffer = pooled ? ArrayPool<byte>.Shared.Rent(initial) : new byte[initial];
+        // From a stranger, grow with what actually arrives: a header that claims a gigabyte allocates nothing until
+        // bytes follow. Between our own processes the header is believed, and the buffer is not zeroed first.
+        int initial = trusted ? length : Math.Min(length, GrowthStep);
+        byte[] buffer = pooled ? ArrayPool<byte>.Shared.Rent(initial) : GC.AllocateUninitializedArray<byte>(initial);
         int got = 0;
         try
         {
@@ -467,7 +469,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
                 if (got == buffer.Length)
                 {
                     int next = (int)Math.Min(length, (long)buffer.Length * 2);
-                    byte[] bigger = pooled ? ArrayPool<byte>.Shared.Rent(next) : new byte[next];
+                    byte[] bigger = pooled ? ArrayPool<byte>.Shared.Rent(next) : GC.AllocateUninitializedArray<byte>(next);
                     buffer.AsSpan(0, got).CopyTo(bigger);
                     if (pooled) ArrayPool<byte>.Shared.Return(buffer);
                     buffer = bigger;
@@ -505,20 +507,12 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         return true;
     }
 
-    /// <summary>Waits for data: looks, spins briefly (a reply from a process on another core usually comes within
-    /// microseconds, far sooner than a sleep and wake-up), then sleeps in poll.</summary>
-    private static bool WaitReadable(int fd, long deadline, CancellationToken cancellationToken)
+    /// <summary>Waits for data: looks, spins while that has been paying off (a reply from a process on another
+    /// core usually comes within microseconds, far sooner than a sleep and wake-up), then sleeps in poll.</summary>
+    private bool WaitReadable(int fd, long deadline, CancellationToken cancellationToken)
     {
         if (OsIo.WaitReadable(fd, 0)) return true;
-        if (Environment.ProcessorCount > 1)
-        {
-            long spinUntil = Stopwatch.GetTimestamp() + Stopwatch.Frequency / 20_000;
-            while (Stopwatch.GetTimestamp() < Math.Min(spinUntil, deadline))
-            {
-                Thread.SpinWait(20);
-                if (OsIo.WaitReadable(fd, 0)) return true;
-            }
-        }
+        if (deadline > Stopwatch.GetTimestamp() && _spin.Spin(static f => OsIo.WaitReadable(f, 0), fd)) return true;
 
         while (true)
         {

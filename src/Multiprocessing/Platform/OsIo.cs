@@ -18,6 +18,15 @@ internal static unsafe class OsIo
         int* fds = stackalloc int[2];
         if (Posix.socketpair(Posix.AF_UNIX, Posix.SOCK_STREAM | Posix.SOCK_CLOEXEC, 0, fds) != 0)
             throw new Win32Exception(Marshal.GetLastPInvokeError(), "socketpair failed");
+
+        // Bigger buffers mean fewer sleeps and wake-ups per large message; the kernel caps what it grants.
+        int size = 4 << 20;
+        for (int i = 0; i < 2; i++)
+        {
+            Posix.setsockopt(fds[i], Posix.SOL_SOCKET, 7 /* SO_SNDBUF */, &size, sizeof(int));
+            Posix.setsockopt(fds[i], Posix.SOL_SOCKET, 8 /* SO_RCVBUF */, &size, sizeof(int));
+        }
+
         return (fds[0], fds[1]);
     }
 
@@ -27,6 +36,10 @@ internal static unsafe class OsIo
     {
         int* fds = stackalloc int[2];
         if (Posix.pipe2(fds, Posix.O_CLOEXEC) != 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), "pipe2 failed");
+
+        // 64 KiB by default: a megabyte message would cost sixteen sleeps and wake-ups each way. A refusal (over
+        // the system's pipe-max-size) leaves the default, which still works.
+        Posix.fcntl(fds[1], 1031 /* F_SETPIPE_SZ */, 1 << 20);
         return (fds[0], fds[1]);
     }
 

@@ -201,6 +201,9 @@ internal static unsafe partial class Posix
     [LibraryImport(Libc, SetLastError = true)]
     internal static partial int getsockopt(int fd, int level, int name, void* value, int* length);
 
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int setsockopt(int fd, int level, int name, void* value, int length);
+
     [LibraryImport(Libc)]
     internal static partial uint getuid();
 }

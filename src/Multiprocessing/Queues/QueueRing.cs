@@ -31,6 +31,8 @@ internal sealed unsafe class QueueRing
     private readonly long _mask;
     private readonly FutexMutex _put;
     private readonly FutexMutex _get;
+    private readonly AdaptiveSpin _dataSpin = new();
+    private readonly AdaptiveSpin _spaceSpin = new();
 
     private QueueRing(SharedSegment segment)
     {
@@ -165,12 +167,12 @@ internal sealed unsafe class QueueRing
     private long Free => _capacity - (*Tail - Volatile.Read(ref *Head));
 
     private bool WaitForSpace(long bytes, long deadline, CancellationToken cancellationToken) =>
-        WaitFor(() => Free >= bytes, SpaceSeq, SpaceWaiters, deadline, null, cancellationToken);
+        WaitFor(() => Free >= bytes, SpaceSeq, SpaceWaiters, deadline, null, cancellationToken, _spaceSpin);
 
     private bool HasMessageStart => Volatile.Read(ref *Tail) - *Head >= 4;
 
     private bool WaitForMessageStart(long deadline, CancellationToken cancellationToken) =>
-        WaitFor(() => HasMessageStart, DataSeq, DataWaiters, deadline, null, cancellationToken);
+        WaitFor(() => HasMessageStart, DataSeq, DataWaiters, deadline, null, cancellationToken, _dataSpin);
 
     private void Stream(ReadOnlySpan<byte> header, ReadOnlySpan<byte> payload, long total)
     {
@@ -450,11 +452,11 @@ internal sealed unsafe class QueueRing
         _get.Nudge();
     }
 
-    private static bool WaitFor(Func<bool> ready, int* seq, int* waiters, long deadline, Action? check, CancellationToken cancellationToken)
+    private static bool WaitFor(Func<bool> ready, int* seq, int* waiters, long deadline, Action? check, CancellationToken cancellationToken, AdaptiveSpin? spin = null)
     {
         if (ready()) return true;
         if (deadline <= System.Diagnostics.Stopwatch.GetTimestamp()) return false;
-        if (Blocking.Spin(ready)) return true;
+        if (spin is not null && spin.Spin(static r => r(), ready)) return true;
         return Blocking.Wait(seq, waiters, deadline, ready, check, cancellationToken);
     }
 
