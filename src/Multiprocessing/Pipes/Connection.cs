@@ -220,6 +220,20 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
     }
 
+    /// <summary>Receives one raw message that must arrive whole by <paramref name="deadline"/> (a Stopwatch
+    /// timestamp): for the authentication handshake, where a peer that starts a message and stalls must not hold
+    /// the caller forever.</summary>
+    /// <exception cref="TimeoutException">The message did not arrive whole in time.</exception>
+    internal byte[] RecvBytesWhole(int maxLength, long deadline)
+    {
+        ThrowIfCannot(write: false);
+        lock (_recvGate)
+        {
+            var (message, length) = ReceiveMessage(deadline, pooled: false, maxLength, wholeMessage: true);
+            return message.Length == length ? message : message.AsSpan(0, length).ToArray();
+        }
+    }
+
     /// <summary>Receives one raw message into <paramref name="buffer"/> from <paramref name="offset"/>, Python's
     /// <c>recv_bytes_into</c>.</summary>
     /// <param name="buffer">Where the message goes.</param>
@@ -419,7 +433,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         return 12;
     }
 
-    private (byte[] Message, int Length) ReceiveMessage(long deadline, bool pooled, long maxLength = long.MaxValue)
+    private (byte[] Message, int Length) ReceiveMessage(long deadline, bool pooled, long maxLength = long.MaxValue, bool wholeMessage = false)
     {
         bool added = false;
         _fd.DangerousAddRef(ref added);
@@ -428,11 +442,12 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
             int fd = (int)_fd.DangerousGetHandle();
             if (!WaitReadable(fd, deadline, CancellationToken.None)) throw new TimeoutException("no message arrived on the connection in time");
             Span<byte> header = stackalloc byte[8];
-            if (!ReadExactly(fd, header[..4], atStart: true)) throw new EndOfStreamException("the other end of the connection is closed and no message is left");
+            long rest = wholeMessage ? deadline : long.MaxValue;
+            if (!ReadExactly(fd, header[..4], atStart: true, rest)) throw new EndOfStreamException("the other end of the connection is closed and no message is left");
             long length = BinaryPrimitives.ReadInt32BigEndian(header);
             if (length == -1)
             {
-                ReadExactly(fd, header, atStart: false);
+                ReadExactly(fd, header, atStart: false, rest);
                 length = BinaryPrimitives.ReadInt64BigEndian(header);
             }
 
@@ -446,7 +461,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
                     : $"a message of {length} bytes is larger than the limit of {Math.Min(limit, Array.MaxLength)}; the connection was closed");
             }
 
-            return ReadBody(fd, (int)length, pooled);
+            return ReadBody(fd, (int)length, pooled, rest);
         }
         finally
         {
@@ -454,7 +469,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
     }
 
-    private static (byte[] Message, int Length) ReadBody(int fd, int length, bool pooled)
+    private static (byte[] Message, int Length) ReadBody(int fd, int length, bool pooled, long deadline)
     {
         // Grow with what actually arrives: a header that claims a gigabyte allocates nothing until bytes follow.
         int initial = Math.Min(length, GrowthStep);
@@ -473,6 +488,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
                     buffer = bigger;
                 }
 
+                WaitForRest(fd, deadline);
                 int n = OsIo.Read(fd, buffer.AsSpan(got, Math.Min(buffer.Length, length) - got));
                 if (n == 0) throw new EndOfStreamException($"the other end of the connection closed in the middle of a message ({got} of {length} bytes)");
                 got += n;
@@ -487,11 +503,12 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
     }
 
-    private static bool ReadExactly(int fd, Span<byte> into, bool atStart)
+    private static bool ReadExactly(int fd, Span<byte> into, bool atStart, long deadline)
     {
         int got = 0;
         while (got < into.Length)
         {
+            WaitForRest(fd, deadline);
             int n = OsIo.Read(fd, into[got..]);
             if (n == 0)
             {
@@ -503,6 +520,13 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
 
         return true;
+    }
+
+    /// <summary>With a deadline for the whole message, waits for the next bytes only until then.</summary>
+    private static void WaitForRest(int fd, long deadline)
+    {
+        if (deadline != long.MaxValue && !WaitReadable(fd, deadline, CancellationToken.None))
+            throw new TimeoutException("the rest of a message did not arrive in time");
     }
 
     /// <summary>Waits for data: looks, spins briefly (a reply from a process on another core usually comes within
