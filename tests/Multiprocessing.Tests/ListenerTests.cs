@@ -39,7 +39,7 @@ public sealed class ListenerTests : ProcessTest
             name = shown[1..];
             Assert.True(AbstractSocketListed(name), "the abstract socket is not in /proc/net/unix");
 
-            // An EndPoint is not something a closure ships; the name travels as a string.
+            // The child gets the abstract name as a plain string and builds its own endpoint.
             using var p = Mp.Process(() =>
             {
                 using var c = Mp.Client<object?[]>(new UnixDomainSocketEndPoint("\0" + name));
