@@ -221,6 +221,20 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
     }
 
+    /// <summary>Receives one raw message that must arrive whole by <paramref name="deadline"/> (a Stopwatch
+    /// timestamp): for the authentication handshake, where a peer that starts a message and stalls must not hold
+    /// the caller forever.</summary>
+    /// <exception cref="TimeoutException">The message did not arrive whole in time.</exception>
+    internal byte[] RecvBytesWhole(int maxLength, long deadline)
+    {
+        ThrowIfCannot(write: false);
+        lock (_recvGate)
+        {
+            var (message, length) = ReceiveMessage(deadline, pooled: false, maxLength, wholeMessage: true);
+            return message.Length == length ? message : message.AsSpan(0, length).ToArray();
+        }
+    }
+
     /// <summary>Receives one raw message into <paramref name="buffer"/> from <paramref name="offset"/>, Python's
     /// <c>recv_bytes_into</c>.</summary>
     /// <param name="buffer">Where the message goes.</param>
@@ -420,7 +434,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         return 12;
     }
 
-    private (byte[] Message, int Length) ReceiveMessage(long deadline, bool pooled, long maxLength = long.MaxValue)
+    private (byte[] Message, int Length) ReceiveMessage(long deadline, bool pooled, long maxLength = long.MaxValue, bool wholeMessage = false)
     {
         bool added = false;
         _fd.DangerousAddRef(ref added);
@@ -429,11 +443,12 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
             int fd = (int)_fd.DangerousGetHandle();
             if (!WaitReadable(fd, deadline, CancellationToken.None)) throw new TimeoutException("no message arrived on the connection in time");
             Span<byte> header = stackalloc byte[8];
-            if (!ReadExactly(fd, header[..4], atStart: true)) throw new EndOfStreamException("the other end of the connection is closed and no message is left");
+            long rest = wholeMessage ? deadline : long.MaxValue;
+            if (!ReadExactly(fd, header[..4], atStart: true, rest)) throw new EndOfStreamException("the other end of the connection is closed and no message is left");
             long length = BinaryPrimitives.ReadInt32BigEndian(header);
             if (length == -1)
             {
-                ReadExactly(fd, header, atStart: false);
+                ReadExactly(fd, header, atStart: false, rest);
                 length = BinaryPrimitives.ReadInt64BigEndian(header);
             }
 
@@ -447,7 +462,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
                     : $"a message of {length} bytes is larger than the limit of {Math.Min(limit, Array.MaxLength)}; the connection was closed");
             }
 
-            return ReadBody(fd, (int)length, pooled, _codec.IsTrusted);
+            return ReadBody(fd, (int)length, pooled, _codec.IsTrusted, rest);
         }
         finally
         {
@@ -455,7 +470,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
     }
 
-    private static (byte[] Message, int Length) ReadBody(int fd, int length, bool pooled, bool trusted)
+    private static (byte[] Message, int Length) ReadBody(int fd, int length, bool pooled, bool trusted, long deadline)
     {
         // From a stranger, grow with what actually arrives: a header that claims a gigabyte allocates nothing until
         // bytes follow. Between our own processes the header is believed, and the buffer is not zeroed first.
@@ -475,6 +490,7 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
                     buffer = bigger;
                 }
 
+                WaitForRest(fd, deadline);
                 int n = OsIo.Read(fd, buffer.AsSpan(got, Math.Min(buffer.Length, length) - got));
                 if (n == 0) throw new EndOfStreamException($"the other end of the connection closed in the middle of a message ({got} of {length} bytes)");
                 got += n;
@@ -489,11 +505,12 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
     }
 
-    private static bool ReadExactly(int fd, Span<byte> into, bool atStart)
+    private static bool ReadExactly(int fd, Span<byte> into, bool atStart, long deadline)
     {
         int got = 0;
         while (got < into.Length)
         {
+            WaitForRest(fd, deadline);
             int n = OsIo.Read(fd, into[got..]);
             if (n == 0)
             {
@@ -505,6 +522,15 @@ public sealed class Connection<T> : IProcessShared, IDisposable, IAsyncDisposabl
         }
 
         return true;
+    }
+
+    /// <summary>With a deadline for the whole message, waits for the next bytes only until then.</summary>
+    private static void WaitForRest(int fd, long deadline)
+    {
+        if (deadline == long.MaxValue || OsIo.WaitReadable(fd, 0)) return;
+        long now = Stopwatch.GetTimestamp();
+        int ms = (int)Math.Clamp(Math.Ceiling(Stopwatch.GetElapsedTime(now, deadline).TotalMilliseconds), 1, int.MaxValue);
+        if (now >= deadline || !OsIo.WaitReadable(fd, ms)) throw new TimeoutException("the rest of a message did not arrive in time");
     }
 
     /// <summary>Waits for data: looks, spins while that has been paying off (a reply from a process on another

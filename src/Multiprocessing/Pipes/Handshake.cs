@@ -1,6 +1,7 @@
 using System.Security.Authentication;
 using System.Security.Cryptography;
 using System.Text;
+using Multiprocessing.Synchronization;
 
 namespace Multiprocessing.Pipes;
 
@@ -17,27 +18,47 @@ internal static class Handshake
     private static readonly byte[] Failure = "#FAILURE#"u8.ToArray();
     private const int MaxFrame = 256;
 
+    /// <summary>Python's legacy challenge is exactly this many random bytes, with no "{digest}" prefix.</summary>
+    private const int LegacyChallengeLength = 20;
+
     /// <summary>Server side: challenge first, then answer the client's challenge (Python's Listener.accept).</summary>
     internal static void AsServer<T>(Connection<T> connection, byte[] key, TimeSpan timeout)
     {
-        Deliver(connection, key, timeout);
-        Answer(connection, key, timeout);
+        var deadline = new HandshakeDeadline(Blocking.Deadline(timeout), timeout);
+        try
+        {
+            Deliver(connection, key, deadline);
+            Answer(connection, key, deadline);
+        }
+        catch (IOException ex)
+        {
+            // A peer that hangs up or resets before its turn breaks our send: still a failed handshake.
+            throw new AuthenticationException("the peer closed the connection during the authentication handshake", ex);
+        }
     }
 
     /// <summary>Client side: answer first, then challenge the server (Python's Client).</summary>
     internal static void AsClient<T>(Connection<T> connection, byte[] key, TimeSpan timeout)
     {
-        Answer(connection, key, timeout);
-        Deliver(connection, key, timeout);
+        var deadline = new HandshakeDeadline(Blocking.Deadline(timeout), timeout);
+        try
+        {
+            Answer(connection, key, deadline);
+            Deliver(connection, key, deadline);
+        }
+        catch (IOException ex)
+        {
+            throw new AuthenticationException("the peer closed the connection during the authentication handshake", ex);
+        }
     }
 
-    private static void Deliver<T>(Connection<T> connection, byte[] key, TimeSpan timeout)
+    private static void Deliver<T>(Connection<T> connection, byte[] key, HandshakeDeadline deadline)
     {
         var message = new byte[8 + 40];
         "{sha256}"u8.CopyTo(message);
         RandomNumberGenerator.Fill(message.AsSpan(8));
         connection.SendBytes([.. Challenge, .. message]);
-        var response = Receive(connection, timeout);
+        var response = Receive(connection, deadline);
         if (Verify(key, message, response))
         {
             connection.SendBytes(Welcome);
@@ -48,20 +69,21 @@ internal static class Handshake
         throw new AuthenticationException("the peer's answer to the authentication challenge is wrong: its authKey differs");
     }
 
-    private static void Answer<T>(Connection<T> connection, byte[] key, TimeSpan timeout)
+    private static void Answer<T>(Connection<T> connection, byte[] key, HandshakeDeadline deadline)
     {
-        var frame = Receive(connection, timeout);
+        var frame = Receive(connection, deadline);
         if (!frame.AsSpan().StartsWith(Challenge)) throw new AuthenticationException("the peer did not send an authentication challenge (is it using an authKey?)");
         var message = frame.AsSpan(Challenge.Length).ToArray();
         if (message.Length < 20) throw new AuthenticationException("the peer's authentication challenge is too short");
         connection.SendBytes(Respond(key, message));
-        var verdict = Receive(connection, timeout);
+        var verdict = Receive(connection, deadline);
         if (!verdict.AsSpan().SequenceEqual(Welcome)) throw new AuthenticationException("the peer rejected our answer to its authentication challenge: the authKeys differ");
     }
 
     private static byte[] Respond(byte[] key, byte[] message)
     {
-        var (name, _) = DigestName(message);
+        // A legacy challenge may start with '{' by chance (about one in 3,500); its length tells it apart, as in Python.
+        var (name, _) = message.Length == LegacyChallengeLength ? (null, message) : DigestName(message);
         return name switch
         {
             null => HMACMD5.HashData(key, message),
@@ -94,15 +116,15 @@ internal static class Handshake
         return (Encoding.ASCII.GetString(data, 1, close - 1), data[(close + 1)..]);
     }
 
-    private static byte[] Receive<T>(Connection<T> connection, TimeSpan timeout)
+    private static byte[] Receive<T>(Connection<T> connection, HandshakeDeadline deadline)
     {
         try
         {
-            return connection.RecvBytes(MaxFrame, timeout);
+            return connection.RecvBytesWhole(MaxFrame, deadline.At);
         }
         catch (TimeoutException ex)
         {
-            throw new AuthenticationException($"the peer did not complete the authentication handshake within {timeout.TotalSeconds:0.#} s", ex);
+            throw new AuthenticationException($"the peer did not complete the authentication handshake within {deadline.Timeout.TotalSeconds:0.#} s", ex);
         }
         catch (InvalidDataException ex)
         {
@@ -113,4 +135,7 @@ internal static class Handshake
             throw new AuthenticationException("the peer closed the connection during the authentication handshake (wrong authKey?)", ex);
         }
     }
+
+    /// <summary>When the whole handshake must be over (a Stopwatch timestamp), and the timeout it came from.</summary>
+    private readonly record struct HandshakeDeadline(long At, TimeSpan Timeout);
 }
