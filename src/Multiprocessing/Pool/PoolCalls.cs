@@ -25,6 +25,14 @@ internal abstract class PoolCall(ProcessPool pool, int id, int funcId, ReadOnlyM
     /// <summary>Chunks handed to the pool and not yet answered.</summary>
     internal int Outstanding { get; set; }
 
+    /// <summary>How long one item may run, in Stopwatch ticks; 0 for no limit.</summary>
+    internal long TimeoutTicks { get; set; }
+
+    internal TimeSpan? Timeout { get; set; }
+
+    /// <summary>How many items a chunk holds (its time limit is that many times the per-task one).</summary>
+    internal virtual int ChunkItems(int chunk) => 1;
+
     /// <summary>No more chunks will be added and none is outstanding.</summary>
     internal abstract bool Finished { get; }
 
@@ -85,6 +93,8 @@ internal sealed class MapCall<T, TResult> : PoolCall
     internal int ChunkCount { get; }
 
     internal override bool Finished => Outstanding == 0;
+
+    internal override int ChunkItems(int chunk) => Math.Min(_chunksize, _items.Length - chunk * _chunksize);
 
     internal override void Encode(int chunk, WireWriter writer)
     {
@@ -240,6 +250,8 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
     internal int Chunks { get; private set; }
 
     internal int Chunksize => chunksize;
+
+    internal override int ChunkItems(int chunk) => chunksize;
 
     internal override bool Finished => SourceDone && Outstanding == 0;
 

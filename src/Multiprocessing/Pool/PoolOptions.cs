@@ -5,6 +5,18 @@ namespace Multiprocessing;
 public sealed class PoolOptions
 {
     private int _maxReadAhead = 10_000;
+    private TimeSpan? _taskTimeout;
+
+    /// <summary>How long one task may run before its worker is killed (and replaced) and the task fails with
+    /// <see cref="TimeoutException"/>; null (the default) for no limit. A call's own <c>taskTimeout</c> overrides it.
+    /// A chunk of n items may run n times as long. Unlike <c>Get(timeout)</c>, which only stops waiting, this stops
+    /// the work.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Zero or negative.</exception>
+    public TimeSpan? TaskTimeout
+    {
+        get => _taskTimeout;
+        set => _taskTimeout = value is null || value > TimeSpan.Zero ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "TaskTimeout must be positive, or null for no limit.");
+    }
 
     /// <summary>
     /// Environment variables for each worker, computed from its index (0 to processes - 1, kept by a worker that

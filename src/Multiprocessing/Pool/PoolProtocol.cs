@@ -4,7 +4,7 @@ namespace Multiprocessing.Pool;
 
 /// <summary>
 /// Frames between a pool and its workers, on the worker's control socket: [length:int32][op:byte][body].
-/// Parent to worker: Define(funcId, delegate), Run(callId, chunk, funcId, count, items), Forget(funcId), Shutdown.
+/// Parent to worker: Define(funcId, delegate), Run(timed, callId, chunk, funcId, count, items), Forget(funcId), Shutdown.
 /// Worker to parent: Result(callId, chunk, count, per item: status + value or error), Stats(tasks, ticks...).
 /// A worker runs its frames in order and answers in order, so the oldest unanswered chunk is the one running.
 /// </summary>

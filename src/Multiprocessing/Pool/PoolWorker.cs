@@ -57,6 +57,13 @@ internal static class PoolWorker
                         runners.Remove(reader.Int32());
                         break;
                     case PoolProtocol.Run:
+                        // A chunk with a time limit is timed by the pool from the previous answer: send it now.
+                        if (reader.Byte() != 0 && output.Length > 0)
+                        {
+                            Flush(fd, output, stats);
+                            lastFlush = Stopwatch.GetTimestamp();
+                        }
+
                         RunChunk(reader, runners, output, stats);
                         if (Stopwatch.GetTimestamp() - lastFlush > flushInterval)
                         {

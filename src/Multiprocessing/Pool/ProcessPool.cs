@@ -79,6 +79,8 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <param name="iterable">The items.</param>
     /// <param name="chunksize">Items per task; by default Python's rule, about len / (4 x processes).</param>
     /// <param name="progress">Receives (done, total) on the result thread as chunks complete.</param>
+    /// <param name="taskTimeout">How long one task may run before its worker is killed and it fails with
+    /// <see cref="TimeoutException"/>; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
     /// <param name="cancellationToken">Stops waiting (the tasks keep running).</param>
     /// <returns>The results, in input order.</returns>
     /// <exception cref="RemoteException">A task threw; the earliest failing item's exception is raised after the
@@ -86,8 +88,8 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
-    public List<TResult> Map<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        Wait(MapAsync(func, iterable, chunksize, progress: progress), cancellationToken);
+    public List<TResult> Map<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Wait(MapAsync(func, iterable, chunksize, progress: progress, taskTimeout: taskTimeout), cancellationToken);
 
     /// <summary>Starts a <see cref="Map{T, TResult}"/> and returns at once (Python's <c>map_async</c>).</summary>
     /// <param name="func">The function.</param>
@@ -96,12 +98,13 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <param name="callback">Runs on the result thread with the results, before the result is ready.</param>
     /// <param name="errorCallback">Runs on the result thread with the failure, before the result is ready.</param>
     /// <param name="progress">Receives (done, total) on the result thread.</param>
+    /// <param name="taskTimeout">How long one task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public AsyncResult<List<TResult>> MapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null,
-        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null)
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null)
     {
         ArgumentNullException.ThrowIfNull(func);
         ArgumentNullException.ThrowIfNull(iterable);
@@ -120,7 +123,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 return result;
             }
 
-            _calls.Add(call);
+            Admit(call, taskTimeout);
             for (int chunk = 0; chunk < call.ChunkCount; chunk++) Enqueue(call, chunk);
             Pump();
         }
@@ -131,26 +134,26 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary>Map over tuples, unpacking each into the function's arguments (Python's <c>starmap</c>).</summary>
     /// <exception cref="RemoteException">A task threw.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    public List<TResult> StarMap<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        Map(Star(func), iterable, chunksize, progress, cancellationToken);
+    public List<TResult> StarMap<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Map(Star(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
     /// <summary>Map over 3-tuples, unpacking each into the function's arguments (Python's <c>starmap</c>).</summary>
     /// <exception cref="RemoteException">A task threw.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    public List<TResult> StarMap<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        Map(Star(func), iterable, chunksize, progress, cancellationToken);
+    public List<TResult> StarMap<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Map(Star(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
     /// <summary>Starts a <see cref="StarMap{T1, T2, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public AsyncResult<List<TResult>> StarMapAsync<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null,
-        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null) =>
-        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress);
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null) =>
+        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress, taskTimeout);
 
     /// <summary>Starts a <see cref="StarMap{T1, T2, T3, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public AsyncResult<List<TResult>> StarMapAsync<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null,
-        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null) =>
-        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress);
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null) =>
+        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress, taskTimeout);
 
     /// <summary>Lazy, ordered map (Python's <c>imap</c>): results arrive in input order as the consumer asks for them. The
     /// input is read lazily, at most <see cref="PoolOptions.MaxReadAhead"/> items ahead, so an endless sequence works.</summary>
@@ -158,49 +161,62 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <param name="iterable">The items; read on the consuming thread.</param>
     /// <param name="chunksize">Items per task (default 1, as Python).</param>
     /// <param name="progress">Receives (done, total) on the result thread.</param>
+    /// <param name="taskTimeout">How long one task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
     /// <returns>The results; a failed item throws its <see cref="RemoteException"/> when reached.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
-    public IEnumerable<TResult> IMap<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null) =>
-        Stream(func, iterable, chunksize, ordered: true, progress);
+    public IEnumerable<TResult> IMap<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null) =>
+        Stream(func, iterable, chunksize, ordered: true, progress, taskTimeout);
 
     /// <summary>Lazy map in completion order (Python's <c>imap_unordered</c>).</summary>
     /// <param name="func">The function.</param>
     /// <param name="iterable">The items; read on the consuming thread.</param>
     /// <param name="chunksize">Items per task (default 1).</param>
     /// <param name="progress">Receives (done, total) on the result thread.</param>
+    /// <param name="taskTimeout">How long one task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
     /// <returns>The results as they complete.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
-    public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null) =>
-        Stream(func, iterable, chunksize, ordered: false, progress);
+    public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null) =>
+        Stream(func, iterable, chunksize, ordered: false, progress, taskTimeout);
 
     /// <summary><see cref="IMap{T, TResult}"/> as an async stream: waiting for results blocks no thread.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        StreamAsync(func, iterable, chunksize, ordered: true, progress, cancellationToken);
+    public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        StreamAsync(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapUnordered{T, TResult}"/> as an async stream.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, CancellationToken cancellationToken = default) =>
-        StreamAsync(func, iterable, chunksize, ordered: false, progress, cancellationToken);
+    public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        StreamAsync(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
     /// <summary>Runs <paramref name="func"/> in one worker and returns its result (Python's <c>apply</c>).</summary>
     /// <param name="func">The function, usually a lambda carrying its arguments: <c>pool.Apply(() =&gt; F(20))</c>.</param>
+    /// <param name="taskTimeout">How long the task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
     /// <param name="cancellationToken">Stops waiting (the task keeps running).</param>
     /// <returns>The result.</returns>
     /// <exception cref="RemoteException">The task threw.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    public TResult Apply<TResult>(Func<TResult> func, CancellationToken cancellationToken = default) => Wait(ApplyAsync(func), cancellationToken);
+    public TResult Apply<TResult>(Func<TResult> func, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) => Wait(ApplyAsync(func, taskTimeout: taskTimeout), cancellationToken);
+
+    /// <summary>Runs <paramref name="func"/> in one worker and returns its result, waiting until
+    /// <paramref name="cancellationToken"/> is cancelled at most.</summary>
+    /// <param name="func">The function.</param>
+    /// <param name="cancellationToken">Stops waiting (the task keeps running).</param>
+    /// <returns>The result.</returns>
+    /// <exception cref="RemoteException">The task threw.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
+    public TResult Apply<TResult>(Func<TResult> func, CancellationToken cancellationToken) => Apply(func, null, cancellationToken);
 
     /// <summary>Starts <paramref name="func"/> in one worker and returns at once (Python's <c>apply_async</c>).</summary>
     /// <param name="func">The function.</param>
     /// <param name="callback">Runs on the result thread with the result, before the result is ready.</param>
     /// <param name="errorCallback">Runs on the result thread with the failure.</param>
+    /// <param name="taskTimeout">How long the task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
-    public AsyncResult<TResult> ApplyAsync<TResult>(Func<TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null)
+    public AsyncResult<TResult> ApplyAsync<TResult>(Func<TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null)
     {
         ArgumentNullException.ThrowIfNull(func);
         var function = DelegateSerializer.Serialize(func);
@@ -209,7 +225,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         {
             ThrowIfNotRunning();
             var call = new ApplyCall<TResult>(this, NextCallId(), NextCallId(), function, result, callback, errorCallback);
-            _calls.Add(call);
+            Admit(call, taskTimeout);
             Enqueue(call, 0);
             Pump();
         }
@@ -263,6 +279,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         {
             if (_state == State.Terminated) return;
             _state = State.Terminated;
+            _watchdog?.Dispose();
+            _watchdog = null;
+            _timedCalls = 0;
             calls = [.. _calls];
             _calls.Clear();
             _pending.Clear();
@@ -346,9 +365,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         return result.Get();
     }
 
-    private IEnumerable<TResult> Stream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress)
+    private IEnumerable<TResult> Stream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout)
     {
-        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress);
+        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress, taskTimeout);
         return Iterate(call, source);
     }
 
@@ -385,9 +404,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    private IAsyncEnumerable<TResult> StreamAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, CancellationToken cancellationToken)
+    private IAsyncEnumerable<TResult> StreamAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout, CancellationToken cancellationToken)
     {
-        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress);
+        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress, taskTimeout);
         return IterateAsync(call, source, cancellationToken);
     }
 
@@ -412,7 +431,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    private (StreamCall<T, TResult> Call, IEnumerator<T> Source) OpenStream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress)
+    private (StreamCall<T, TResult> Call, IEnumerator<T> Source) OpenStream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout)
     {
         ArgumentNullException.ThrowIfNull(func);
         ArgumentNullException.ThrowIfNull(iterable);
@@ -423,7 +442,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         {
             ThrowIfNotRunning();
             var call = new StreamCall<T, TResult>(this, NextCallId(), NextCallId(), function, chunksize, ordered, total, progress);
-            _calls.Add(call);
+            Admit(call, taskTimeout);
             return (call, iterable.GetEnumerator());
         }
     }
@@ -491,6 +510,44 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
+    /// <summary>Registers a new call, with its time limit (its own, else the pool's).</summary>
+    private void Admit(PoolCall call, TimeSpan? taskTimeout)
+    {
+        if (taskTimeout is { } own && own <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(taskTimeout), own, "taskTimeout must be positive, or null for the pool's default.");
+        var limit = taskTimeout ?? _options.TaskTimeout;
+        _calls.Add(call);
+        if (limit is not { } t) return;
+        call.Timeout = t;
+        call.TimeoutTicks = Math.Max(1, (long)(t.TotalSeconds * System.Diagnostics.Stopwatch.Frequency));
+        if (_timedCalls++ == 0)
+        {
+            _watchdog ??= new Timer(static state => ((ProcessPool)state!).KillOverdue(), this, Timeout.Infinite, Timeout.Infinite);
+            _watchdog.Change(WatchdogPeriodMs, WatchdogPeriodMs);
+        }
+    }
+
+    private const int WatchdogPeriodMs = 10;
+    private Timer? _watchdog;
+    private int _timedCalls;
+
+    /// <summary>Kills every worker whose running chunk is past its time limit; the chunk then fails with
+    /// <see cref="TimeoutException"/> and the worker is replaced, like any lost worker.</summary>
+    private void KillOverdue()
+    {
+        lock (_gate)
+        {
+            long now = System.Diagnostics.Stopwatch.GetTimestamp();
+            foreach (var worker in _workers)
+            {
+                if (worker.KillReason is not null || !worker.InFlight.TryPeek(out var head) || head.Call.TimeoutTicks == 0) continue;
+                if (now - worker.HeadStarted <= head.Call.TimeoutTicks * head.Call.ChunkItems(head.Chunk)) continue;
+                worker.KillReason = new TimeoutException(
+                    $"a task ran past its time limit of {head.Call.Timeout}; its worker (pid {worker.Process.Pid}) was killed and is being replaced");
+                worker.Process.Kill();
+            }
+        }
+    }
+
     private void Enqueue(PoolCall call, int chunk)
     {
         call.Outstanding++;
@@ -513,7 +570,12 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
             // Nobody free: the chunk waits for the first answer, as a task waits in Python's shared queue.
             if (target is null) break;
-            if (target.InFlight.Count == 0) target.LastProgress = now;
+            if (target.InFlight.Count == 0)
+            {
+                target.LastProgress = now;
+                target.HeadStarted = now;
+            }
+
             _pending.RemoveFirst();
             var (call, chunk) = node.Value;
             var output = target.Pending;
@@ -529,6 +591,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             try
             {
                 int run = output.BeginFrame(PoolProtocol.Run);
+                output.Byte(call.TimeoutTicks > 0 ? (byte)1 : (byte)0);
                 output.Int32(call.Id);
                 output.Int32(chunk);
                 output.Int32(call.FuncId);
@@ -669,6 +732,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 int chunk = reader.Int32();
                 if (!worker.InFlight.TryDequeue(out var head) || head.Call.Id != callId || head.Chunk != chunk)
                     throw new InvalidDataException($"worker answered call {callId} chunk {chunk} out of order");
+                worker.HeadStarted = worker.LastProgress;
                 var call = head.Call;
                 call.Outstanding--;
                 call.Complete(chunk, reader);
@@ -689,6 +753,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     private void Retire(PoolCall call)
     {
         if (!_calls.Remove(call)) return;
+        if (call.TimeoutTicks > 0 && --_timedCalls == 0) _watchdog?.Change(Timeout.Infinite, Timeout.Infinite);
         foreach (var worker in _workers)
         {
             if (!worker.Defined.Remove(call.FuncId)) continue;
@@ -712,7 +777,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             // The others never started; they run elsewhere, exactly once, ahead of newer work.
             var running = worker.InFlight.Dequeue();
             running.Call.Outstanding--;
-            running.Call.Fail(running.Chunk, new WorkerLostException(worker.Process.Pid!.Value, worker.Process.ExitCode ?? -1));
+            running.Call.Fail(running.Chunk, worker.KillReason ?? new WorkerLostException(worker.Process.Pid!.Value, worker.Process.ExitCode ?? -1));
             if (running.Call.Finished) Retire(running.Call);
             foreach (var queued in worker.InFlight.Reverse()) _pending.AddFirst(queued);
             worker.InFlight.Clear();

@@ -35,6 +35,12 @@ internal sealed class WorkerHandle(int index, ChildProcess process)
     /// while other workers may be free (the head-of-line blocking that Python's pull model avoids).</summary>
     internal bool Stalled(long now) => InFlight.Count > 0 && now - LastProgress > Stopwatch.Frequency / 500;
 
+    /// <summary>When the oldest unanswered chunk started, as far as the pool can tell (Stopwatch ticks).</summary>
+    internal long HeadStarted { get; set; }
+
+    /// <summary>Why the pool killed this worker (a task past its time limit); null if it died by itself.</summary>
+    internal Exception? KillReason { get; set; }
+
     internal long Tasks { get; set; }
 
     internal long BusyTicks { get; set; }
