@@ -259,6 +259,9 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
 
     internal override void Abandon() => SourceDone = true;
 
+    /// <summary>The pool was terminated: the stream ends with that error.</summary>
+    internal bool Aborted => _aborted is not null;
+
     /// <summary>Adds a chunk of items pulled from the source; returns its index.</summary>
     internal int Add(T[] items)
     {
@@ -271,14 +274,15 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
 
     internal override void Encode(int chunk, WireWriter writer)
     {
+        // Kept until answered: a chunk taken back from a worker that died before starting it is sent again.
         var items = _unsent[chunk];
-        _unsent.Remove(chunk);
         writer.Int32(items.Length);
         ItemCodec<T>.WriteMany(writer, items);
     }
 
     internal override void Complete(int chunk, WireReader reader)
     {
+        _unsent.Remove(chunk);
         int count = reader.Int32();
         var outcomes = new Outcome<TResult>[count];
         if (reader.Byte() == PoolProtocol.Bulk)
@@ -341,5 +345,107 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
         }
 
         Signal.Release();
+    }
+}
+
+/// <summary>
+/// The consumer's side of IMap and IMapUnordered. Like Python's iterator, and unlike a C# iterator block, a failed
+/// item throws from <c>MoveNext</c> and the next call goes on with the following results; only a terminated pool
+/// ends the stream at its error. Enumerable once.
+/// </summary>
+internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, CancellationToken cancellationToken = default)
+    : IEnumerable<TResult>, IEnumerator<TResult>, IAsyncEnumerable<TResult>, IAsyncEnumerator<TResult>
+{
+    private Outcome<TResult>[]? _batch;
+    private int _index;
+    private bool _done;
+    private int _taken;
+    private int _closed;
+
+    public TResult Current { get; private set; } = default!;
+
+    object? System.Collections.IEnumerator.Current => Current;
+
+    public IEnumerator<TResult> GetEnumerator() => Take();
+
+    System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => Take();
+
+    public IAsyncEnumerator<TResult> GetAsyncEnumerator(CancellationToken cancellationToken = default) => Take();
+
+    public bool MoveNext()
+    {
+        while (true)
+        {
+            if (TryNext()) return true;
+            if (_done) return false;
+            call.Signal.Wait(cancellationToken);
+        }
+    }
+
+    public async ValueTask<bool> MoveNextAsync()
+    {
+        while (true)
+        {
+            if (TryNext()) return true;
+            if (_done) return false;
+            await call.Signal.WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    public void Reset() => throw new NotSupportedException("a pool's result stream cannot be restarted");
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _closed, 1) == 0) call.Pool.CloseStream(call, source);
+    }
+
+    public ValueTask DisposeAsync()
+    {
+        Dispose();
+        return ValueTask.CompletedTask;
+    }
+
+    private StreamResults<T, TResult> Take()
+    {
+        if (Interlocked.Exchange(ref _taken, 1) != 0) throw new InvalidOperationException("a pool's result stream can be enumerated only once");
+        return this;
+    }
+
+    /// <summary>Moves to the next outcome if one is there: true with a value, throws a failed item's error, false
+    /// when the caller must wait (or the stream is over, with <see cref="_done"/> set).</summary>
+    private bool TryNext()
+    {
+        while (true)
+        {
+            if (_batch is not null && _index < _batch.Length)
+            {
+                var outcome = _batch[_index++];
+                if (outcome.Error is { } error)
+                {
+                    if (call.Aborted) Finish();
+                    throw error;
+                }
+
+                Current = outcome.Value;
+                return true;
+            }
+
+            if (_done) return false;
+            if (!call.Pool.NextOutcomes(call, source, out var outcomes))
+            {
+                Finish();
+                return false;
+            }
+
+            if (outcomes is null) return false;
+            _batch = outcomes;
+            _index = 0;
+        }
+    }
+
+    private void Finish()
+    {
+        _done = true;
+        Dispose();
     }
 }

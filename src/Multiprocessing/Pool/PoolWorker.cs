@@ -33,6 +33,9 @@ internal static class PoolWorker
         // progress, IMap streaming and load balancing stay live without a write per tiny task.
         long flushInterval = Stopwatch.Frequency / 1000;
 
+        // Tell the pool this worker is up: a task's time limit counts from here, not from the process start.
+        Flush(fd, output, stats);
+
         while (true)
         {
             int n = OsProcess.ReadSome(fd, input.AsSpan(filled));
@@ -57,8 +60,11 @@ internal static class PoolWorker
                         runners.Remove(reader.Int32());
                         break;
                     case PoolProtocol.Run:
-                        // A chunk with a time limit is timed by the pool from the previous answer: send it now.
-                        if (reader.Byte() != 0 && output.Length > 0)
+                        // Answers go out before the next chunk starts: if that chunk kills the process, the pool must
+                        // know which chunks finished (their results are safe in the socket) and which one was
+                        // running. A chunk with a time limit is also timed from the previous answer.
+                        reader.Byte();
+                        if (output.Length > 0)
                         {
                             Flush(fd, output, stats);
                             lastFlush = Stopwatch.GetTimestamp();

@@ -371,30 +371,12 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         return Iterate(call, source);
     }
 
-    private IEnumerable<TResult> Iterate<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source)
-    {
-        try
-        {
-            while (NextOutcomes(call, source, out var outcomes))
-            {
-                if (outcomes is null)
-                {
-                    call.Signal.Wait();
-                    continue;
-                }
-
-                foreach (var outcome in outcomes) yield return outcome.Error is { } error ? throw error : outcome.Value;
-            }
-        }
-        finally
-        {
-            CloseStream(call, source);
-        }
-    }
+    private static IEnumerable<TResult> Iterate<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source) =>
+        new StreamResults<T, TResult>(call, source);
 
     /// <summary>Tops up the input, then takes the next chunk of outcomes: false when the stream is over, true with
     /// null when the caller must wait for <see cref="StreamCall{T, TResult}.Signal"/>.</summary>
-    private bool NextOutcomes<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, out Outcome<TResult>[]? outcomes)
+    internal bool NextOutcomes<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, out Outcome<TResult>[]? outcomes)
     {
         TopUp(call, source);
         lock (_gate)
@@ -410,26 +392,8 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         return IterateAsync(call, source, cancellationToken);
     }
 
-    private async IAsyncEnumerable<TResult> IterateAsync<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, [EnumeratorCancellation] CancellationToken cancellationToken)
-    {
-        try
-        {
-            while (NextOutcomes(call, source, out var outcomes))
-            {
-                if (outcomes is null)
-                {
-                    await call.Signal.WaitAsync(cancellationToken).ConfigureAwait(false);
-                    continue;
-                }
-
-                foreach (var outcome in outcomes) yield return outcome.Error is { } error ? throw error : outcome.Value;
-            }
-        }
-        finally
-        {
-            CloseStream(call, source);
-        }
-    }
+    private static IAsyncEnumerable<TResult> IterateAsync<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, CancellationToken cancellationToken) =>
+        new StreamResults<T, TResult>(call, source, cancellationToken);
 
     private (StreamCall<T, TResult> Call, IEnumerator<T> Source) OpenStream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout)
     {
@@ -486,7 +450,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    private void CloseStream(PoolCall call, IDisposable source)
+    internal void CloseStream(PoolCall call, IDisposable source)
     {
         source.Dispose();
         lock (_gate)
@@ -539,7 +503,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             long now = System.Diagnostics.Stopwatch.GetTimestamp();
             foreach (var worker in _workers)
             {
-                if (worker.KillReason is not null || !worker.InFlight.TryPeek(out var head) || head.Call.TimeoutTicks == 0) continue;
+                if (!worker.Ready || worker.KillReason is not null || !worker.InFlight.TryPeek(out var head) || head.Call.TimeoutTicks == 0) continue;
                 if (now - worker.HeadStarted <= head.Call.TimeoutTicks * head.Call.ChunkItems(head.Chunk)) continue;
                 worker.KillReason = new TimeoutException(
                     $"a task ran past its time limit of {head.Call.Timeout}; its worker (pid {worker.Process.Pid}) was killed and is being replaced");
@@ -739,6 +703,12 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 if (call.Finished) Retire(call);
                 break;
             case PoolProtocol.Stats:
+                if (!worker.Ready)
+                {
+                    worker.Ready = true;
+                    worker.HeadStarted = System.Diagnostics.Stopwatch.GetTimestamp();
+                }
+
                 worker.Tasks = reader.Int64();
                 worker.BusyTicks = reader.Int64();
                 worker.IdleTicks = reader.Int64();

@@ -35,6 +35,9 @@ internal sealed class WorkerHandle(int index, ChildProcess process)
     /// while other workers may be free (the head-of-line blocking that Python's pull model avoids).</summary>
     internal bool Stalled(long now) => InFlight.Count > 0 && now - LastProgress > Stopwatch.Frequency / 500;
 
+    /// <summary>The worker has reported in (its runtime started and its initializer ran).</summary>
+    internal bool Ready { get; set; }
+
     /// <summary>When the oldest unanswered chunk started, as far as the pool can tell (Stopwatch ticks).</summary>
     internal long HeadStarted { get; set; }
 
