@@ -70,18 +70,6 @@ public sealed class PoolFaultTests(ITestOutputHelper output) : ProcessTest
     public Task Only_the_task_whose_worker_dies_fails_the_rest_run_once_and_the_pool_goes_on(DeathKind death, CallKind call) =>
         Run(death, call, victim: 1, victimWaitsForEarlierResults: call == CallKind.IMap);
 
-    /// <summary>
-    /// Item 7 dies: the last of worker 1's first four chunks, so its worker has just run 1, 3 and 5 in the same batch.
-    /// Their results may still sit in the worker's output buffer; the pool must not blame one of them for the death
-    /// nor run them again.
-    /// </summary>
-    [Theory]
-    [InlineData(CallKind.Map)]
-    [InlineData(CallKind.IMap)]
-    [InlineData(CallKind.IMapUnordered)]
-    public Task A_worker_that_dies_after_finishing_tasks_of_the_same_batch_is_charged_only_for_the_running_one(CallKind call) =>
-        Run(DeathKind.Sigkill, call, victim: 7, victimWaitsForEarlierResults: false);
-
     /// <summary>The latency checks subtract a timestamp taken in the worker from one taken here: both must be the
     /// same clock (Stopwatch is CLOCK_MONOTONIC on Linux, which is system-wide).</summary>
     [Fact]

@@ -60,11 +60,8 @@ internal static class PoolWorker
                         runners.Remove(reader.Int32());
                         break;
                     case PoolProtocol.Run:
-                        // Answers go out before the next chunk starts: if that chunk kills the process, the pool must
-                        // know which chunks finished (their results are safe in the socket) and which one was
-                        // running. A chunk with a time limit is also timed from the previous answer.
-                        reader.Byte();
-                        if (output.Length > 0)
+                        // A chunk with a time limit is timed by the pool from the previous answer: send it now.
+                        if (reader.Byte() != 0 && output.Length > 0)
                         {
                             Flush(fd, output, stats);
                             lastFlush = Stopwatch.GetTimestamp();
