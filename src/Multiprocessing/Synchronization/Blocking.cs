@@ -155,45 +155,37 @@ internal static unsafe class Blocking
 }
 
 /// <summary>
-/// A spin budget that learns: a wait that spinning ended grows it, a wait that had to sleep anyway shrinks it to
-/// nothing. Spinning pays when the other process answers within microseconds on another core; on a loaded machine
-/// the spinner takes the very core the answering process needs, so there it must stop and sleep at once, as a
-/// plain blocking wait would.
+/// A spin budget that learns: a wait that spinning ended doubles it (up to 50 µs), a wait that had to sleep anyway
+/// halves it (down to a few microseconds). Spinning pays when the other process answers within microseconds on
+/// another core; on a loaded machine the spinner takes the very core the answering process needs, so there it must
+/// give up almost at once, as a plain blocking wait would. The floor lets it notice quickly when the load is gone.
 /// </summary>
 /// <remarks>Per object, per process; races on the budget only blur the heuristic.</remarks>
 internal sealed class AdaptiveSpin
 {
     private static readonly long MaxTicks = Stopwatch.Frequency / 20_000;
+    private static readonly long MinTicks = MaxTicks / 16;
     private long _budget = MaxTicks;
-    private int _skipped;
 
     /// <summary>Spins while the budget lasts; true once <paramref name="ready"/> holds.</summary>
     internal bool Spin<TState>(Func<TState, bool> ready, TState state)
     {
         if (Environment.ProcessorCount == 1) return false;
         long budget = Volatile.Read(ref _budget);
-        if (budget == 0)
-        {
-            // Now and then try again with a little: the load that stopped spinning may be gone.
-            if (++_skipped % 64 != 0) return false;
-            budget = MaxTicks / 8;
-        }
-
-        long start = Stopwatch.GetTimestamp();
-        long until = start + budget;
+        long until = Stopwatch.GetTimestamp() + budget;
         while (true)
         {
             Thread.SpinWait(20);
             if (ready(state))
             {
-                Volatile.Write(ref _budget, Math.Min(MaxTicks, Math.Max(budget * 2, MaxTicks / 8)));
+                Volatile.Write(ref _budget, Math.Min(MaxTicks, budget * 2));
                 return true;
             }
 
             if (Stopwatch.GetTimestamp() >= until) break;
         }
 
-        Volatile.Write(ref _budget, budget / 2 < MaxTicks / 16 ? 0 : budget / 2);
+        Volatile.Write(ref _budget, Math.Max(MinTicks, budget / 2));
         return false;
     }
 }
