@@ -202,7 +202,12 @@ public sealed class PoolFaultTests(ITestOutputHelper output) : ProcessTest
             {
                 Assert.True(submitted < diedAt, "the victim's timestamp is not after the call was made: the clocks differ");
                 Assert.NotNull(latency);
-                Assert.InRange(latency.Value, TimeSpan.Zero, MaxLatency);
+
+                // A death reaches a per-item call within half a second. Map reports only when the whole map is
+                // over (its re-queued items wait for the replacement worker), and an OutOfMemoryException is not a
+                // death at all but a task that first fills its heap: those get a bound for a loaded 2-core machine.
+                var bound = dies && call != CallKind.Map ? MaxLatency : TimeSpan.FromSeconds(3);
+                Assert.InRange(latency.Value, TimeSpan.Zero, bound);
             },
 
             // A replacement took the dead worker's slot; a worker that survived kept its own.

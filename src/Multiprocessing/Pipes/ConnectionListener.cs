@@ -23,7 +23,6 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
     private readonly Socket _socket;
     private readonly byte[]? _authKey;
     private readonly ConnectionOptions _options;
-    private readonly string? _unixPath;
     private int _disposed;
 
     internal ConnectionListener(EndPoint? address, byte[]? authKey, int backlog, ConnectionOptions? options)
@@ -33,9 +32,7 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
         _authKey = authKey?.ToArray();
         _options = options ?? new ConnectionOptions();
         address ??= new UnixDomainSocketEndPoint("\0multiprocessing-listener-" + Guid.NewGuid().ToString("N"));
-        _socket = address is UnixDomainSocketEndPoint
-            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-            : new Socket(address.AddressFamily == AddressFamily.Unspecified ? AddressFamily.InterNetwork : address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        _socket = NewSocket(address);
         try
         {
             _socket.Bind(address);
@@ -48,7 +45,6 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
         }
 
         Address = _socket.LocalEndPoint ?? address;
-        if (address is UnixDomainSocketEndPoint unix && unix.ToString() is { Length: > 0 } path && path[0] != '\0' && path[0] != '@') _unixPath = path;
     }
 
     /// <summary>Where clients connect: for TCP with port 0, the port the system chose.</summary>
@@ -66,18 +62,7 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
         if (timeout is { } t && !_socket.Poll(t, SelectMode.SelectRead)) throw new TimeoutException("no client connected in time");
         using var client = _socket.Accept();
-        var connection = new Connection<T>(OsIo.Dup((int)client.SafeHandle.DangerousGetHandle()), readable: true, writable: true, trusted: false, _options.MaxMessageSize);
-        if (_authKey is null) return connection;
-        try
-        {
-            Handshake.AsServer(connection, _authKey, _options.HandshakeTimeout);
-            return connection;
-        }
-        catch
-        {
-            connection.Dispose();
-            throw;
-        }
+        return Authenticated(client, _authKey, _options, Handshake.AsServer);
     }
 
     /// <summary>Accepts a client without blocking a thread-pool thread.</summary>
@@ -88,22 +73,11 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
     public async Task<Connection<T>> AcceptAsync(CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed != 0, this);
-        var client = await _socket.AcceptAsync(cancellationToken).ConfigureAwait(false);
-        Connection<T> connection;
-        using (client) connection = new Connection<T>(OsIo.Dup((int)client.SafeHandle.DangerousGetHandle()), readable: true, writable: true, trusted: false, _options.MaxMessageSize);
-        if (_authKey is null) return connection;
-        try
-        {
-            var key = _authKey;
-            var timeout = _options.HandshakeTimeout;
-            await Task.Factory.StartNew(() => Handshake.AsServer(connection, key, timeout), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
-            return connection;
-        }
-        catch
-        {
-            connection.Dispose();
-            throw;
-        }
+        using var client = await _socket.AcceptAsync(cancellationToken).ConfigureAwait(false);
+        if (_authKey is null) return Authenticated(client, null, _options, Handshake.AsServer);
+
+        // The handshake blocks on reads with a deadline; it runs on its own thread, not a thread-pool one.
+        return await Task.Factory.StartNew(() => Authenticated(client, _authKey, _options, Handshake.AsServer), cancellationToken, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
     }
 
     /// <summary>Stops listening, Python's <c>close()</c>; removes a Unix socket file it created.</summary>
@@ -113,8 +87,8 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
     public void Dispose()
     {
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        // Disposing the socket also removes a Unix socket file it bound.
         _socket.Dispose();
-        if (_unixPath is not null) File.Delete(_unixPath);
     }
 
     /// <summary>Same as <see cref="Dispose"/>.</summary>
@@ -129,17 +103,24 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
     {
         ArgumentNullException.ThrowIfNull(address);
         if (authKey is { Length: 0 }) throw new ArgumentException("an authKey cannot be empty; pass null for no authentication", nameof(authKey));
-        options ??= new ConnectionOptions();
-        using var socket = address is UnixDomainSocketEndPoint
-            ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
-            : new Socket(address.AddressFamily == AddressFamily.Unspecified ? AddressFamily.InterNetwork : address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+        using var socket = NewSocket(address);
         socket.Connect(address);
+        return Authenticated(socket, authKey, options ?? new ConnectionOptions(), Handshake.AsClient);
+    }
+
+    private static Socket NewSocket(EndPoint address) => address is UnixDomainSocketEndPoint
+        ? new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified)
+        : new Socket(address.AddressFamily == AddressFamily.Unspecified ? AddressFamily.InterNetwork : address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
+
+    /// <summary>Takes its own descriptor for a connected socket and, with a key, runs this side's handshake.</summary>
+    private static Connection<T> Authenticated(Socket socket, byte[]? authKey, ConnectionOptions options, Action<Connection<T>, byte[], TimeSpan> handshake)
+    {
         if (socket.ProtocolType == ProtocolType.Tcp) socket.NoDelay = true;
         var connection = new Connection<T>(OsIo.Dup((int)socket.SafeHandle.DangerousGetHandle()), readable: true, writable: true, trusted: false, options.MaxMessageSize);
         if (authKey is null) return connection;
         try
         {
-            Handshake.AsClient(connection, authKey, options.HandshakeTimeout);
+            handshake(connection, authKey, options.HandshakeTimeout);
             return connection;
         }
         catch

@@ -155,13 +155,9 @@ internal static unsafe partial class Posix
 {
     internal const int EPIPE = 32;
     internal const int ECONNRESET = 104;
-    internal const int ECONNREFUSED = 111;
     internal const int F_DUPFD_CLOEXEC = 1030;
     internal const short POLLIN = 0x1;
     internal const short POLLOUT = 0x4;
-    internal const short POLLERR = 0x8;
-    internal const short POLLHUP = 0x10;
-    internal const short POLLNVAL = 0x20;
     internal const int SOL_SOCKET = 1;
     internal const int SCM_RIGHTS = 1;
     internal const int SO_PEERCRED = 17;
