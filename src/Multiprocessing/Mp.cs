@@ -246,6 +246,45 @@ public static class Mp
     public static Connection<T> Client<T>(System.Net.EndPoint address, byte[]? authKey = null, ConnectionOptions? options = null) =>
         ConnectionListener<T>.Connect(address, authKey, options);
 
+    /// <summary>Starts a manager server process for this program's processes, Python's <c>mp.Manager()</c>.</summary>
+    /// <param name="options">Limits, start timeout, and the user types the manager may create.</param>
+    /// <returns>The manager; dispose it to stop the server (Python's <c>with Manager() as m:</c>).</returns>
+    /// <exception cref="InvalidOperationException">The server process could not start.</exception>
+    /// <remarks>The server listens on an abstract Unix socket with a random key; values use the library's own
+    /// encoding, as between a parent and its children.</remarks>
+    public static ProcessManager Manager(ManagerOptions? options = null) => ProcessManager.Start(null, null, options);
+
+    /// <summary>Starts a manager server process that serves on <paramref name="address"/> (TCP or a Unix socket),
+    /// Python's <c>BaseManager(address, authkey).start()</c>. Other programs reach it with
+    /// <see cref="ConnectManager"/>.</summary>
+    /// <param name="address">Where to listen; an <see cref="System.Net.IPEndPoint"/> with port 0 picks a port
+    /// (see <see cref="ProcessManager.Address"/>).</param>
+    /// <param name="authKey">The key every client must prove it knows before any object is reachable.</param>
+    /// <param name="options">Limits, start timeout, and the user types the manager may create.</param>
+    /// <returns>The manager; dispose it to stop the server.</returns>
+    /// <exception cref="ArgumentException">An empty key, or an address that is neither IP nor Unix.</exception>
+    /// <exception cref="System.Net.Sockets.SocketException">The address is in use or cannot be bound.</exception>
+    /// <remarks>Values on such a manager are plain MessagePack with no type names, so no client can make another
+    /// process instantiate a type of its choosing; typed values (records, arrays, dictionaries) work, and
+    /// <c>object</c> values come back as primitives, arrays and dictionaries.</remarks>
+    public static ProcessManager Manager(System.Net.EndPoint address, byte[] authKey, ManagerOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(address);
+        ArgumentNullException.ThrowIfNull(authKey);
+        return ProcessManager.Start(address, authKey, options);
+    }
+
+    /// <summary>Connects to a manager server that another program started, Python's
+    /// <c>BaseManager(address, authkey).connect()</c>.</summary>
+    /// <param name="address">The server's address.</param>
+    /// <param name="authKey">The server's key.</param>
+    /// <param name="options">Limits and handshake timeout.</param>
+    /// <returns>A manager that creates objects on that server; disposing it disconnects.</returns>
+    /// <exception cref="System.Security.Authentication.AuthenticationException">The key is wrong.</exception>
+    /// <exception cref="System.Net.Sockets.SocketException">Nobody serves there.</exception>
+    public static ProcessManager ConnectManager(System.Net.EndPoint address, byte[] authKey, ManagerOptions? options = null) =>
+        ProcessManager.Connect(address, authKey, options);
+
     private static unsafe SharedValue<T> NewValue<T>(T initial, ProcessLockBase? @lock)
         where T : unmanaged
     {

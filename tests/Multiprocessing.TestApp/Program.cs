@@ -10,12 +10,25 @@ return args.FirstOrDefault() switch
     "orphans-prespawn" => OrphansWithSpare(),
     "exit-with-children" => ExitWithChildren(args[1]),
     "shared-memory" => SharedMemoryInUse(),
+    "manager-client" => ManagerClient(int.Parse(args[1], System.Globalization.CultureInfo.InvariantCulture), args[2]),
     _ => Usage(),
 };
 
+// A program the manager's owner did not start: it reaches the manager over TCP with the key alone.
+static int ManagerClient(int port, string key)
+{
+    using var m = Mp.ConnectManager(new System.Net.IPEndPoint(System.Net.IPAddress.Loopback, port), System.Text.Encoding.UTF8.GetBytes(key));
+    var d = m.Dict<string, int>();
+    d["from-app"] = 42;
+    var board = m.Create<Multiprocessing.Tests.IBoard>();
+    board.Post($"hello from the app, d has {d.Count} item");
+    Console.WriteLine($"objects={m.GetObjectCount()}");
+    return 0;
+}
+
 static int Usage()
 {
-    Console.Error.WriteLine("usage: Multiprocessing.TestApp basic|output|throw|orphans|orphans-prespawn|exit-with-children GOFILE|shared-memory");
+    Console.Error.WriteLine("usage: Multiprocessing.TestApp basic|output|throw|orphans|orphans-prespawn|exit-with-children GOFILE|shared-memory|manager-client PORT KEY");
     return 2;
 }
 
@@ -114,4 +127,15 @@ static int SharedMemoryInUse()
 internal static class Thrower
 {
     public static void Fail(string message) => throw new InvalidOperationException(message);
+}
+
+namespace Multiprocessing.Tests
+{
+    /// <summary>The same interface name as the tests' board: a remote client needs only the name and the shape.</summary>
+    public interface IBoard
+    {
+        void Post(string message);
+
+        string[] Read();
+    }
 }

@@ -99,6 +99,18 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
         return ValueTask.CompletedTask;
     }
 
+    /// <summary>Accepts a raw socket without the handshake, so a server can authenticate each client on its own
+    /// thread and one slow client cannot hold up the others.</summary>
+    internal Socket AcceptSocket()
+    {
+        ObjectDisposedException.ThrowIf(_disposed != 0, this);
+        return _socket.Accept();
+    }
+
+    internal byte[]? AuthKey => _authKey;
+
+    internal ConnectionOptions Options => _options;
+
     internal static Connection<T> Connect(EndPoint address, byte[]? authKey, ConnectionOptions? options)
     {
         ArgumentNullException.ThrowIfNull(address);
@@ -113,7 +125,7 @@ public sealed class ConnectionListener<T> : IDisposable, IAsyncDisposable
         : new Socket(address.AddressFamily == AddressFamily.Unspecified ? AddressFamily.InterNetwork : address.AddressFamily, SocketType.Stream, ProtocolType.Tcp);
 
     /// <summary>Takes its own descriptor for a connected socket and, with a key, runs this side's handshake.</summary>
-    private static Connection<T> Authenticated(Socket socket, byte[]? authKey, ConnectionOptions options, Action<Connection<T>, byte[], TimeSpan> handshake)
+    internal static Connection<T> Authenticated(Socket socket, byte[]? authKey, ConnectionOptions options, Action<Connection<T>, byte[], TimeSpan> handshake)
     {
         if (socket.ProtocolType == ProtocolType.Tcp) socket.NoDelay = true;
         var connection = new Connection<T>(OsIo.Dup((int)socket.SafeHandle.DangerousGetHandle()), readable: true, writable: true, trusted: false, options.MaxMessageSize);

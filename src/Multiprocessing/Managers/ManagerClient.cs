@@ -1,0 +1,289 @@
+using System.Collections.Concurrent;
+using System.Net.Sockets;
+using Microsoft.Extensions.Logging;
+using Multiprocessing.Pipes;
+using Multiprocessing.Processes;
+using Multiprocessing.Serialization;
+
+namespace Multiprocessing.Managers;
+
+/// <summary>
+/// This process's link to one manager server: a pool of authenticated connections (one per thread that is in a
+/// call, so a blocking call never holds up another thread), and the count of proxies this process holds per object.
+/// </summary>
+/// <remarks>
+/// The server counts references per client process (a session). Locally, any number of proxies for one object
+/// share one server reference: the first proxy takes it, the last one to go gives it back. Proxies collected by the
+/// GC give theirs back on this process's next call; a process that exits gives back all of them at once.
+/// Thread-safe.
+/// </remarks>
+internal sealed class ManagerClient : IDisposable
+{
+    private static readonly ConcurrentDictionary<string, ManagerClient> Known = new();
+
+    [ThreadStatic]
+    private static WireWriter? t_writer;
+
+    private readonly ConcurrentBag<Connection<byte[]>> _idle = [];
+    private readonly ConcurrentDictionary<Connection<byte[]>, byte> _all = new();
+    private readonly Dictionary<long, int> _holds = [];
+    private readonly ConcurrentQueue<long> _pendingDecrefs = new();
+    private readonly Guid _session = Guid.NewGuid();
+    private readonly System.Net.EndPoint _endpoint;
+    private readonly byte[] _authKey;
+    private readonly ConnectionOptions _options;
+    private volatile string? _gone;
+    private bool _connectedOnce;
+    private int _disposed;
+
+    private ManagerClient(string address, byte[] authKey, bool trusted, ConnectionOptions options)
+    {
+        Address = address;
+        _endpoint = EndpointText.Parse(address);
+        _authKey = authKey;
+        Trusted = trusted;
+        _options = options;
+    }
+
+    internal string Address { get; }
+
+    internal byte[] AuthKey => _authKey;
+
+    internal bool Trusted { get; }
+
+    internal ValueCodecs Codecs => Trusted ? ValueCodecs.Trusted : ValueCodecs.Untrusted;
+
+    /// <summary>The one client of this process for a manager address; made on first use.</summary>
+    internal static ManagerClient For(string address, byte[] authKey, bool trusted, ConnectionOptions? options = null)
+    {
+        while (true)
+        {
+            var client = Known.GetOrAdd(address, a => new ManagerClient(a, authKey, trusted, options ?? DefaultOptions()));
+            if (client._disposed == 0) return client;
+            Known.TryRemove(new KeyValuePair<string, ManagerClient>(address, client));
+        }
+    }
+
+    /// <summary>A client of its own, not shared with proxies that arrive from elsewhere (a connect that the
+    /// caller disposes).</summary>
+    internal static ManagerClient Connect(string address, byte[] authKey, bool trusted, ConnectionOptions options)
+    {
+        var client = new ManagerClient(address, authKey, trusted, options);
+        client.Return(client.Open());
+        Known.TryAdd(address, client);
+        return client;
+    }
+
+    internal static ConnectionOptions DefaultOptions() => new() { MaxMessageSize = ManagerOptions.DefaultMaxMessageSize };
+
+    /// <summary>Starts a request: object id, method, and the calling thread (the owner of any lock it takes).</summary>
+    internal WireWriter Begin(long id, string method)
+    {
+        FlushDecrefs();
+        var writer = t_writer ??= new WireWriter(256);
+        writer.Reset();
+        writer.Int64(id);
+        writer.String(method);
+        writer.Int32(Environment.CurrentManagedThreadId);
+        return writer;
+    }
+
+    /// <summary>Sends the request and returns a reader over the reply's payload.</summary>
+    /// <exception cref="ManagerUnavailableException">The manager is gone.</exception>
+    internal WireReader Send(WireWriter request)
+    {
+        ThrowIfGone();
+        var connection = Rent();
+        byte[] reply;
+        try
+        {
+            connection.SendBytes(request.WrittenSpan);
+            reply = connection.RecvBytesWhole(int.MaxValue, long.MaxValue);
+        }
+        catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException)
+        {
+            Drop(connection);
+            throw Gone(ex);
+        }
+
+        Return(connection);
+        var reader = new WireReader(reply);
+        if (reader.Byte() == 0) return reader;
+        string kind = reader.String() ?? string.Empty;
+        string message = reader.String() ?? string.Empty;
+        throw Fault.ToException(kind, message, reader);
+    }
+
+    internal WireReader Call(long id, string method)
+    {
+        var request = Begin(id, method);
+        return Send(request);
+    }
+
+    /// <summary>Takes over one server reference the server granted this session (a new object, or an object a
+    /// reply's value referred to).</summary>
+    internal void Adopt(long id)
+    {
+        lock (_holds)
+        {
+            if (_holds.TryGetValue(id, out int count))
+            {
+                // This process already holds the object: the extra server reference goes back.
+                _holds[id] = count + 1;
+                _pendingDecrefs.Enqueue(id);
+                return;
+            }
+
+            _holds[id] = 1;
+        }
+    }
+
+    /// <summary>A proxy went away. The last one of this process gives the server reference back.</summary>
+    internal void Release(long id, bool finalizing)
+    {
+        lock (_holds)
+        {
+            if (!_holds.TryGetValue(id, out int count)) return;
+            if (count > 1)
+            {
+                _holds[id] = count - 1;
+                return;
+            }
+
+            _holds.Remove(id);
+        }
+
+        _pendingDecrefs.Enqueue(id);
+
+        // A finalizer must not do I/O; an explicit Dispose gives the object back now, so a count taken right after
+        // it is exact.
+        if (!finalizing && _gone is null && _disposed == 0) FlushDecrefs();
+    }
+
+    /// <summary>Tells the server which references this process gave up since the last call.</summary>
+    internal void FlushDecrefs()
+    {
+        if (_pendingDecrefs.IsEmpty || _gone is not null || _disposed != 0) return;
+        var ids = new List<long>();
+        while (_pendingDecrefs.TryDequeue(out long id)) ids.Add(id);
+        if (ids.Count == 0) return;
+        var writer = new WireWriter(16 + 8 * ids.Count);
+        writer.Int64(0);
+        writer.String(ManagerOps.Decref);
+        writer.Int32(Environment.CurrentManagedThreadId);
+        writer.Int32(ids.Count);
+        foreach (long id in ids) writer.Int64(id);
+        try
+        {
+            Send(writer);
+        }
+        catch (ManagerUnavailableException ex)
+        {
+            // A server that is gone has freed everything already.
+            ProcessRuntime.Logger.LogDebug(ex, "manager gone while giving references back");
+        }
+    }
+
+    /// <summary>Asks the server to keep an object alive for a handle that is on its way to another process.</summary>
+    internal long Lease(long id)
+    {
+        var request = Begin(0, ManagerOps.Lease);
+        request.Int64(id);
+        return Send(request).Int64();
+    }
+
+    /// <summary>Takes over a leased (or still living) object for a handle that arrived here.</summary>
+    internal void Claim(long token, long id)
+    {
+        var request = Begin(0, ManagerOps.Claim);
+        request.Int64(token);
+        request.Int64(id);
+        Send(request);
+        Adopt(id);
+    }
+
+    internal bool IsGone => _gone is not null;
+
+    /// <summary>Marks the server gone (its owner shut it down): later calls fail at once.</summary>
+    internal void MarkGone(string why) => _gone ??= why;
+
+    public void Dispose()
+    {
+        if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
+        Known.TryRemove(new KeyValuePair<string, ManagerClient>(Address, this));
+        _gone ??= "this manager connection was disposed";
+        foreach (var connection in _all.Keys) connection.Dispose();
+        _all.Clear();
+    }
+
+    private Connection<byte[]> Rent() => _idle.TryTake(out var connection) ? connection : Open();
+
+    private void Return(Connection<byte[]> connection)
+    {
+        if (_disposed != 0)
+        {
+            Drop(connection);
+            return;
+        }
+
+        _idle.Add(connection);
+    }
+
+    private void Drop(Connection<byte[]> connection)
+    {
+        _all.TryRemove(connection, out _);
+        connection.Dispose();
+    }
+
+    private Connection<byte[]> Open()
+    {
+        ThrowIfGone();
+        Connection<byte[]> connection;
+        try
+        {
+            connection = ConnectionListener<byte[]>.Connect(_endpoint, _authKey, _options);
+        }
+        catch (SocketException ex)
+        {
+            throw Gone(ex);
+        }
+        catch (System.Security.Authentication.AuthenticationException ex) when (_connectedOnce && ex.InnerException is IOException)
+        {
+            // The key was right before: a hang-up mid-handshake is the server going away, not a wrong key.
+            throw Gone(ex);
+        }
+
+        _connectedOnce = true;
+        _all[connection] = 0;
+        var hello = new WireWriter(64);
+        hello.Int64(0);
+        hello.String(ManagerOps.Hello);
+        hello.Int32(Environment.CurrentManagedThreadId);
+        hello.Raw(_session.ToByteArray());
+        hello.Int32(Environment.ProcessId);
+        try
+        {
+            connection.SendBytes(hello.WrittenSpan);
+            var reply = new WireReader(connection.RecvBytesWhole(int.MaxValue, long.MaxValue));
+            if (reply.Byte() != 0) throw new InvalidDataException("the manager refused this process's hello");
+        }
+        catch (Exception ex) when (ex is IOException or SocketException)
+        {
+            Drop(connection);
+            throw Gone(ex);
+        }
+
+        return connection;
+    }
+
+    private void ThrowIfGone()
+    {
+        if (_gone is { } why) throw new ManagerUnavailableException(Address, why, null);
+    }
+
+    private ManagerUnavailableException Gone(Exception cause)
+    {
+        _gone ??= "the connection to the manager broke: " + cause.Message;
+        return new ManagerUnavailableException(Address, _gone, cause);
+    }
+}
