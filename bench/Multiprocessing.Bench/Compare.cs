@@ -163,7 +163,7 @@ internal static class Compare
         return double.NaN;
     }
 
-    private static JsonElement RunPython(string name, string[] args)
+    internal static JsonElement RunPython(string name, string[] args)
     {
         var script = Path.Combine(AppContext.BaseDirectory, "python", name);
         var start = new ProcessStartInfo("python3") { RedirectStandardOutput = true };
@@ -182,12 +182,12 @@ internal static class Compare
         return samples[samples.Length / 2];
     }
 
-    private sealed record Row(string Workload, double Ours, double Python, string Unit, string Target)
+    internal sealed record Row(string Workload, double Ours, double Python, string Unit, string Target)
     {
         public double Ratio => Ours / Python;
     }
 
-    private static void Print(List<Row> rows, string pythonVersion, int runs, int warmUps = 3)
+    internal static void Print(List<Row> rows, string pythonVersion, int runs, int warmUps = 3)
     {
         Console.WriteLine($"Multiprocessing for .NET vs Python {pythonVersion} multiprocessing, median of {runs} after {warmUps} warm-up{(warmUps == 1 ? "" : "s")}, same run");
         Console.WriteLine();
@@ -206,7 +206,7 @@ internal static class Compare
         _ => string.Create(CultureInfo.InvariantCulture, $"{value:F1}"),
     };
 
-    private static void Save(List<Row> rows, string fileName = "latest.json")
+    internal static void Save(List<Row> rows, string fileName = "latest.json")
     {
         var dir = Path.Combine(AppContext.BaseDirectory, "results");
         Directory.CreateDirectory(dir);

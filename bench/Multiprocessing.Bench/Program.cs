@@ -19,4 +19,7 @@ if (args.Length > 0 && args[0] == "sync")
 // `... -- pipes [runs]` compares only the pipe and queue workloads with Python's, side by side in one table.
 if (args.Length > 0 && args[0] == "pipes") return Compare.RunPipes(args[1..]);
 
+// `... -- managers [runs]` compares only the manager workloads with Python's.
+if (args.Length > 0 && args[0] == "managers") return ManagerBench.RunComparison(args[1..]);
+
 return Compare.Run(args);

@@ -13,6 +13,7 @@ var sections = new (string Title, Action Run)[]
     ("Exchanging objects between processes: Pipes", ExchangeSection.Pipes),
     ("Synchronization between processes", SyncSection.Run),
     ("Sharing state: shared memory", SharedMemorySection.Run),
+    ("Sharing state: server process (Manager)", ManagerSection.Run),
 };
 
 foreach (var (title, run) in sections)
@@ -228,6 +229,39 @@ internal static class SharedMemorySection
     {
         n.Value = 3.1415927;
         for (int i = 0; i < a.Length; i++) a[i] = -a[i];
+    }
+}
+
+internal static class ManagerSection
+{
+    // Python:
+    //   def f(d, l):
+    //       d[1] = '1'; d['2'] = 2; d[0.25] = None
+    //       l.reverse()
+    //   with Manager() as manager:
+    //       d = manager.dict(); l = manager.list(range(10))
+    //       p = Process(target=f, args=(d, l)); p.start(); p.join()
+    //       print(d); print(l)
+    public static void Run()
+    {
+        using var manager = Mp.Manager();
+        var d = manager.Dict<object, object?>();
+        var l = manager.List(Enumerable.Range(0, 10));
+        var p = Mp.Process(() => F(d, l));
+        p.Start();
+        p.Join();
+
+        // A managed dict and list print as Python prints them.
+        Console.WriteLine(d);
+        Console.WriteLine(l);
+    }
+
+    private static void F(ManagedDict<object, object?> d, ManagedList<int> l)
+    {
+        d[1] = "1";
+        d["2"] = 2;
+        d[0.25] = null;
+        l.Reverse();
     }
 }
 

@@ -94,7 +94,9 @@ internal sealed class DictObject : SlotObject
                 {
                     var key = new BlobKey(args.Bytes().ToArray());
                     var value = Keep(Slot.Read(args));
-                    if (_items.Remove(key, out var old)) Drop(old);
+
+                    // Overwriting keeps the key's place, as Python's dict does (and Remove would be O(n) here).
+                    if (_items.TryGetValue(key, out var old)) Drop(old);
                     _items[key] = value;
                     return;
                 }
@@ -175,7 +177,7 @@ internal sealed class DictObject : SlotObject
                     {
                         var key = new BlobKey(args.Bytes().ToArray());
                         var value = Keep(Slot.Read(args));
-                        if (_items.Remove(key, out var old)) Drop(old);
+                        if (_items.TryGetValue(key, out var old)) Drop(old);
                         _items[key] = value;
                     }
 
@@ -379,7 +381,7 @@ internal sealed class NamespaceObject(ManagerServer server) : SlotObject(server)
                 {
                     string name = args.String() ?? string.Empty;
                     var value = Keep(Slot.Read(args));
-                    if (_attributes.Remove(name, out var old)) Drop(old);
+                    if (_attributes.TryGetValue(name, out var old)) Drop(old);
                     _attributes[name] = value;
                     return;
                 }
