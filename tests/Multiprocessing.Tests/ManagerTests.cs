@@ -104,6 +104,12 @@ public sealed class ManagerTests : ProcessTest
         Assert.Equal(6, d.Count);
         d.Clear();
         Assert.Empty(d);
+
+        // Larger than the shared-memory rings a private manager talks through: it streams.
+        var big = m.Dict<string, byte[]>();
+        var blob = Enumerable.Range(0, 3 << 20).Select(i => (byte)i).ToArray();
+        big["blob"] = blob;
+        Assert.Equal(blob, big["blob"]);
     }
 
     [Fact]

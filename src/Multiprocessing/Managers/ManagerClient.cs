@@ -24,8 +24,8 @@ internal sealed class ManagerClient : IDisposable
     [ThreadStatic]
     private static WireWriter? t_writer;
 
-    private readonly ConcurrentBag<Connection<byte[]>> _idle = [];
-    private readonly ConcurrentDictionary<Connection<byte[]>, byte> _all = new();
+    private readonly ConcurrentBag<Link> _idle = [];
+    private readonly ConcurrentDictionary<Link, byte> _all = new();
     private readonly Dictionary<long, int> _holds = [];
     private readonly ConcurrentQueue<long> _pendingDecrefs = new();
     private readonly Guid _session = Guid.NewGuid();
@@ -93,20 +93,19 @@ internal sealed class ManagerClient : IDisposable
     internal WireReader Send(WireWriter request)
     {
         ThrowIfGone();
-        var connection = Rent();
+        var link = Rent();
         byte[] reply;
         try
         {
-            connection.SendBytes(request.WrittenSpan);
-            reply = connection.RecvBytesWhole(int.MaxValue, long.MaxValue);
+            reply = link.Exchange(request.WrittenSpan);
         }
         catch (Exception ex) when (ex is IOException or SocketException or ObjectDisposedException)
         {
-            Drop(connection);
+            Drop(link);
             throw Gone(ex);
         }
 
-        Return(connection);
+        Return(link);
         var reader = new WireReader(reply);
         if (reader.Byte() == 0) return reader;
         string kind = reader.String() ?? string.Empty;
@@ -212,30 +211,30 @@ internal sealed class ManagerClient : IDisposable
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         Known.TryRemove(new KeyValuePair<string, ManagerClient>(Address, this));
         _gone ??= "this manager connection was disposed";
-        foreach (var connection in _all.Keys) connection.Dispose();
+        foreach (var link in _all.Keys) link.Dispose();
         _all.Clear();
     }
 
-    private Connection<byte[]> Rent() => _idle.TryTake(out var connection) ? connection : Open();
+    private Link Rent() => _idle.TryTake(out var link) ? link : Open();
 
-    private void Return(Connection<byte[]> connection)
+    private void Return(Link link)
     {
         if (_disposed != 0)
         {
-            Drop(connection);
+            Drop(link);
             return;
         }
 
-        _idle.Add(connection);
+        _idle.Add(link);
     }
 
-    private void Drop(Connection<byte[]> connection)
+    private void Drop(Link link)
     {
-        _all.TryRemove(connection, out _);
-        connection.Dispose();
+        _all.TryRemove(link, out _);
+        link.Dispose();
     }
 
-    private Connection<byte[]> Open()
+    private Link Open()
     {
         ThrowIfGone();
         Connection<byte[]> connection;
@@ -254,7 +253,8 @@ internal sealed class ManagerClient : IDisposable
         }
 
         _connectedOnce = true;
-        _all[connection] = 0;
+        var link = new Link(connection);
+        _all[link] = 0;
         var hello = new WireWriter(64);
         hello.Int64(0);
         hello.String(ManagerOps.Hello);
@@ -263,17 +263,16 @@ internal sealed class ManagerClient : IDisposable
         hello.Int32(Environment.ProcessId);
         try
         {
-            connection.SendBytes(hello.WrittenSpan);
-            var reply = new WireReader(connection.RecvBytesWhole(int.MaxValue, long.MaxValue));
-            if (reply.Byte() != 0) throw new InvalidDataException("the manager refused this process's hello");
+            if (new WireReader(link.Exchange(hello.WrittenSpan)).Byte() != 0) throw new InvalidDataException("the manager refused this process's hello");
+            if (Trusted) link.UseRings();
         }
         catch (Exception ex) when (ex is IOException or SocketException)
         {
-            Drop(connection);
+            Drop(link);
             throw Gone(ex);
         }
 
-        return connection;
+        return link;
     }
 
     private void ThrowIfGone()
@@ -285,5 +284,88 @@ internal sealed class ManagerClient : IDisposable
     {
         _gone ??= "the connection to the manager broke: " + cause.Message;
         return new ManagerUnavailableException(Address, _gone, cause);
+    }
+}
+
+/// <summary>
+/// One connection to the server. With a private (trusted) manager, requests and replies move through two rings of
+/// shared memory once the socket has authenticated the client: a waiting side spins on memory instead of on
+/// system calls, which halves a round trip. The socket stays open: the server blocks nowhere on it, so it becoming
+/// readable means the other side hung up.
+/// </summary>
+internal sealed class Link(Connection<byte[]> socket) : IDisposable
+{
+    internal const long RingCapacity = 1 << 16;
+    private static readonly TimeSpan HangUpCheck = TimeSpan.FromMilliseconds(100);
+
+    private Queues.QueueRing? _requests;
+    private Queues.QueueRing? _replies;
+
+    internal Connection<byte[]> Socket { get; } = socket;
+
+    internal byte[] Exchange(ReadOnlySpan<byte> request)
+    {
+        if (_requests is null || _replies is null)
+        {
+            Socket.SendBytes(request);
+            return Socket.RecvBytesWhole(int.MaxValue, long.MaxValue);
+        }
+
+        Put(_requests, request, Socket);
+        return Take(_replies, Socket);
+    }
+
+    /// <summary>Adds a message to a ring, noticing a peer that hung up while the ring stays full.</summary>
+    internal static void Put(Queues.QueueRing ring, ReadOnlySpan<byte> message, Connection<byte[]> socket)
+    {
+        while (!ring.Put(message, Synchronization.Blocking.Deadline(HangUpCheck), joinable: false, CancellationToken.None))
+        {
+            if (socket.Poll()) throw new EndOfStreamException("the other end of the manager connection hung up");
+        }
+    }
+
+    /// <summary>Waits for the next message on a ring, noticing a peer that hung up (its socket turns readable).</summary>
+    internal static byte[] Take(Queues.QueueRing ring, Connection<byte[]> socket)
+    {
+        while (true)
+        {
+            if (ring.Get(Synchronization.Blocking.Deadline(HangUpCheck), CancellationToken.None) is { } message)
+            {
+                var bytes = message.Buffer.AsSpan(0, message.Length).ToArray();
+                System.Buffers.ArrayPool<byte>.Shared.Return(message.Buffer);
+                return bytes;
+            }
+
+            if (socket.Poll()) throw new EndOfStreamException("the other end of the manager connection hung up");
+        }
+    }
+
+    /// <summary>Moves this connection onto shared-memory rings.</summary>
+    internal void UseRings()
+    {
+        var requests = Queues.QueueRing.Create(0, RingCapacity, "manager-requests");
+        var replies = Queues.QueueRing.Create(0, RingCapacity, "manager-replies");
+        var writer = new WireWriter(128);
+        writer.Int64(0);
+        writer.String(ManagerOps.Rings);
+        writer.Int32(Environment.CurrentManagedThreadId);
+        requests.Segment.Write(writer);
+        replies.Segment.Write(writer);
+        var reply = new WireReader(Exchange(writer.WrittenSpan));
+        if (reply.Byte() != 0)
+        {
+            requests.Segment.RemoveUser();
+            replies.Segment.RemoveUser();
+            return;
+        }
+
+        (_requests, _replies) = (requests, replies);
+    }
+
+    public void Dispose()
+    {
+        Socket.Dispose();
+        _requests?.Segment.RemoveUser();
+        _replies?.Segment.RemoveUser();
     }
 }

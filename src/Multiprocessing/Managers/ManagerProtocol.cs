@@ -120,6 +120,7 @@ internal static class ManagerOps
     internal const string Claim = "claim";
     internal const string Count = "count";
     internal const string Shutdown = "shutdown";
+    internal const string Rings = "rings";
 }
 
 /// <summary>The kinds of object a manager can hold, as named in a create request.</summary>

@@ -127,6 +127,7 @@ internal sealed class ManagerServer
 
         Session? session = null;
         var reply = new WireWriter(4096);
+        Queues.QueueRing? requests = null, replies = null;
         try
         {
             using (connection)
@@ -136,7 +137,7 @@ internal sealed class ManagerServer
                     byte[] message;
                     try
                     {
-                        message = connection.RecvBytesWhole(int.MaxValue, long.MaxValue);
+                        message = requests is null ? connection.RecvBytesWhole(int.MaxValue, long.MaxValue) : Link.Take(requests, connection);
                     }
                     catch (EndOfStreamException)
                     {
@@ -147,7 +148,11 @@ internal sealed class ManagerServer
                     var context = new CallContext(this, connection, session);
                     bool stop = Handle(message, context, reply);
                     session = context.Session;
-                    connection.SendBytes(reply.WrittenSpan);
+                    if (replies is null) connection.SendBytes(reply.WrittenSpan);
+                    else Link.Put(replies, reply.WrittenSpan, connection);
+
+                    // The reply that accepts the rings still goes through the socket; what follows uses them.
+                    if (context.Rings is { } rings) (requests, replies) = rings;
                     if (stop)
                     {
                         _stopped.Set();
@@ -161,8 +166,14 @@ internal sealed class ManagerServer
             // A broken frame cannot be resynchronised: that client is dropped, the others are served on.
             Log.LogInformation("manager dropped a client: {Reason}", ex.Message);
         }
+        catch (EndOfStreamException ex)
+        {
+            Log.LogInformation("manager client hung up mid-reply: {Reason}", ex.Message);
+        }
         finally
         {
+            requests?.Segment.RemoveUser();
+            replies?.Segment.RemoveUser();
             if (session is not null) EndConnection(session);
         }
     }
@@ -294,6 +305,14 @@ internal sealed class ManagerServer
                     current.Hold(id);
                 }
 
+                return false;
+            case ManagerOps.Rings:
+                // Only between a parent and its own processes: a handle names a descriptor of the sender's
+                // process, which a stranger must never get this server to open.
+                if (!Trusted) throw new ManagerFault(Fault.InvalidOperation, "shared-memory rings are only for a private manager");
+                var requestRing = Queues.QueueRing.Open(SharedMemory.SharedSegment.Read(reader));
+                var replyRing = Queues.QueueRing.Open(SharedMemory.SharedSegment.Read(reader));
+                context.Rings = (requestRing, replyRing);
                 return false;
             case ManagerOps.Count:
                 lock (_gate) reply.Int32(_objects.Count);
@@ -471,6 +490,9 @@ internal sealed class CallContext(ManagerServer server, Connection<byte[]> conne
     internal Session? Session { get; set; } = session;
 
     internal int Thread { get; set; }
+
+    /// <summary>Set when this request moved the connection onto shared-memory rings.</summary>
+    internal (Queues.QueueRing Requests, Queues.QueueRing Replies)? Rings { get; set; }
 
     internal (Guid, int) Owner => (Session!.Key, Thread);
 
