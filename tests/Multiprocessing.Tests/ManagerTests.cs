@@ -159,6 +159,25 @@ public sealed class ManagerTests : ProcessTest
     }
 
     [Fact]
+    public void A_child_makes_objects_through_a_captured_manager_and_hands_them_back_in_a_managed_queue()
+    {
+        using var m = Mp.Manager();
+        var q = m.Queue<ManagedList<int>>();
+        using var p = Mp.Process(() =>
+        {
+            using var inChild = m;
+            q.Put(inChild.List<int>([5, 6]));
+        });
+        p.Start();
+        var made = q.Get(Guard);
+        Assert.True(p.Join(Guard));
+        Assert.Equal(0, p.ExitCode);
+        Assert.Equal([5, 6], made.ToList());
+        made.Add(7);
+        Assert.Equal(3, made.Count);
+    }
+
+    [Fact]
     public void Namespace_has_attribute_access_and_Python_repr()
     {
         using var m = Mp.Manager();

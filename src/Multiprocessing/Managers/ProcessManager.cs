@@ -28,12 +28,14 @@ public sealed class ProcessManager : IProcessShared, IDisposable, IAsyncDisposab
 {
     private readonly ManagerClient _client;
     private readonly ChildProcess? _server;
+    private readonly bool _ownsClient;
     private int _disposed;
 
-    private ProcessManager(ManagerClient client, ChildProcess? server, EndPoint address)
+    private ProcessManager(ManagerClient client, ChildProcess? server, EndPoint address, bool ownsClient = true)
     {
         _client = client;
         _server = server;
+        _ownsClient = ownsClient;
         Address = address;
     }
 
@@ -231,7 +233,8 @@ public sealed class ProcessManager : IProcessShared, IDisposable, IAsyncDisposab
         if (Interlocked.Exchange(ref _disposed, 1) != 0) return;
         if (_server is null)
         {
-            _client.Dispose();
+            // A manager that arrived in a closure shares this process's client with the proxies that came with it.
+            if (_ownsClient) _client.Dispose();
             return;
         }
 
@@ -361,7 +364,7 @@ public sealed class ProcessManager : IProcessShared, IDisposable, IAsyncDisposab
         string address = reader.String() ?? throw new InvalidDataException("a manager handle without an address");
         var key = reader.Bytes().ToArray();
         bool trusted = reader.Bool();
-        return new ProcessManager(ManagerClient.For(address, key, trusted), null, EndpointText.Parse(address));
+        return new ProcessManager(ManagerClient.For(address, key, trusted), null, EndpointText.Parse(address), ownsClient: false);
     }
 
     private static ConnectionOptions Options(ManagerOptions options) =>
