@@ -241,21 +241,8 @@ public sealed class ManagedList<T> : IList<T>, IReadOnlyList<T>, IManagedProxy, 
     /// <exception cref="ArgumentOutOfRangeException">The index is outside the list.</exception>
     public T this[int index]
     {
-        get
-        {
-            var request = _ref.Begin("get", this);
-            request.Int32(index);
-            return _ref.Decode<T>(_ref.Client.Send(request));
-        }
-
-        set
-        {
-            var v = _ref.Encode(value);
-            var request = _ref.Begin("set", this);
-            request.Int32(index);
-            v.Write(request);
-            _ref.Client.Send(request);
-        }
+        get => _ref.GetAt<T>(index, this);
+        set => _ref.SetAt(index, value, this);
     }
 
     /// <summary>How many items there are.</summary>
@@ -279,14 +266,7 @@ public sealed class ManagedList<T> : IList<T>, IReadOnlyList<T>, IManagedProxy, 
 
     /// <summary>Appends many items in one round trip, Python's <c>extend</c>.</summary>
     /// <param name="items">The items.</param>
-    public void Extend(IEnumerable<T> items)
-    {
-        ArgumentNullException.ThrowIfNull(items);
-        var slots = items.Select(_ref.Encode).ToList();
-        var request = _ref.Begin("extend", this);
-        SlotLists.Write(request, slots);
-        _ref.Client.Send(request);
-    }
+    public void Extend(IEnumerable<T> items) => _ref.SendAll("extend", items, this);
 
     /// <summary>Inserts an item before an index.</summary>
     /// <param name="index">From 0 to Count.</param>
@@ -375,14 +355,7 @@ public sealed class ManagedList<T> : IList<T>, IReadOnlyList<T>, IManagedProxy, 
 
     /// <summary>Replaces every item in one round trip, Python's <c>l[:] = items</c>.</summary>
     /// <param name="items">The new contents.</param>
-    public void SetAll(IEnumerable<T> items)
-    {
-        ArgumentNullException.ThrowIfNull(items);
-        var slots = items.Select(_ref.Encode).ToList();
-        var request = _ref.Begin("replace", this);
-        SlotLists.Write(request, slots);
-        _ref.Client.Send(request);
-    }
+    public void SetAll(IEnumerable<T> items) => _ref.SendAll("replace", items, this);
 
     /// <summary>Python's slice <c>l[start:start+count]</c>, in one round trip.</summary>
     /// <param name="start">The first index.</param>
@@ -451,21 +424,8 @@ public sealed class ManagedArray<T> : IReadOnlyList<T>, IManagedProxy, IProcessS
     /// <exception cref="ArgumentOutOfRangeException">The index is outside the array.</exception>
     public T this[int index]
     {
-        get
-        {
-            var request = _ref.Begin("get", this);
-            request.Int32(index);
-            return _ref.Decode<T>(_ref.Client.Send(request));
-        }
-
-        set
-        {
-            var v = _ref.Encode(value);
-            var request = _ref.Begin("set", this);
-            request.Int32(index);
-            v.Write(request);
-            _ref.Client.Send(request);
-        }
+        get => _ref.GetAt<T>(index, this);
+        set => _ref.SetAt(index, value, this);
     }
 
     /// <summary>The number of items.</summary>
@@ -481,14 +441,7 @@ public sealed class ManagedArray<T> : IReadOnlyList<T>, IManagedProxy, IProcessS
     /// <summary>Replaces every item in one round trip; the length cannot change.</summary>
     /// <param name="items">As many items as the array has.</param>
     /// <exception cref="ArgumentException">A different number of items.</exception>
-    public void SetAll(IEnumerable<T> items)
-    {
-        ArgumentNullException.ThrowIfNull(items);
-        var slots = items.Select(_ref.Encode).ToList();
-        var request = _ref.Begin("replace", this);
-        SlotLists.Write(request, slots);
-        _ref.Client.Send(request);
-    }
+    public void SetAll(IEnumerable<T> items) => _ref.SendAll("replace", items, this);
 
     /// <summary>Enumerates a snapshot taken in one round trip.</summary>
     /// <returns>The enumerator.</returns>

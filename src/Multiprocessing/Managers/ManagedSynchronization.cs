@@ -6,28 +6,18 @@ using Multiprocessing.Managers;
 
 namespace Multiprocessing;
 
-/// <summary>A lock or reentrant lock that lives in a manager process, Python's <c>manager.Lock()</c> and
-/// <c>manager.RLock()</c>. The owner is the calling thread of the calling process.</summary>
-/// <remarks>Process-safe. When a process that holds it dies, the manager releases it, so nobody deadlocks (Python's
-/// manager keeps it locked forever). Disposing the proxy gives up the process's hold on the object, not the lock.</remarks>
-public sealed class ManagedLock : IProcessLock, IManagedProxy, IProcessShared, IAsyncDisposable
+/// <summary>What managed locks, semaphores and conditions share: Python's <c>acquire(block, timeout)</c> and
+/// <c>release()</c> as a request to the manager, with the same overloads as <see cref="ProcessLockBase"/>.</summary>
+/// <remarks>Process-safe. Disposing the proxy gives up the process's hold on the object, never the lock.</remarks>
+public abstract class ManagedLockBase : IProcessLock, IManagedProxy, IProcessShared, IAsyncDisposable
 {
-    private readonly ProxyRef _ref;
+    private protected ManagedLockBase(ProxyRef reference) => Ref = reference;
 
-    internal ManagedLock(ProxyRef reference) => _ref = reference;
+    ProxyRef IManagedProxy.Ref => Ref;
 
-    ProxyRef IManagedProxy.Ref => _ref;
+    private protected ProxyRef Ref { get; }
 
-    /// <summary>Whether some thread of some process holds the lock.</summary>
-    public bool Locked => _ref.Call("locked", this).Bool();
-
-    /// <summary>Whether the calling thread holds it.</summary>
-    public bool IsOwnedByCurrentThread => _ref.Call("mine", this).Bool();
-
-    /// <summary>How many times the calling thread holds it (reentrant lock), or 0.</summary>
-    public int RecursionCount => _ref.Call("count", this).Int32();
-
-    /// <summary>Waits for the lock; dispose the key to release it.</summary>
+    /// <summary>Waits until acquired; dispose the key to release.</summary>
     /// <returns>The key.</returns>
     /// <exception cref="ManagerUnavailableException">The manager is gone.</exception>
     public LockReleaser Acquire()
@@ -36,27 +26,28 @@ public sealed class ManagedLock : IProcessLock, IManagedProxy, IProcessShared, I
         return new LockReleaser(this);
     }
 
-    /// <summary>Waits up to a timeout for the lock.</summary>
+    /// <summary>Waits up to a timeout.</summary>
     /// <param name="timeout">Null waits forever.</param>
-    /// <returns>True if taken.</returns>
+    /// <returns>True if acquired.</returns>
     /// <exception cref="ArgumentOutOfRangeException">A negative timeout.</exception>
     public bool Acquire(TimeSpan? timeout) => AcquireCore(true, timeout);
 
     /// <summary>Python's <c>acquire(block, timeout)</c>.</summary>
     /// <param name="block">False tries once.</param>
     /// <param name="timeout">With block, null waits forever.</param>
-    /// <returns>True if taken.</returns>
+    /// <returns>True if acquired.</returns>
     public bool Acquire(bool block, TimeSpan? timeout = null) => AcquireCore(block, timeout);
 
-    /// <summary>Takes the lock if it is free; never blocks.</summary>
-    /// <returns>True if taken.</returns>
+    /// <summary>Acquires if that is possible at once; never blocks.</summary>
+    /// <returns>True if acquired.</returns>
     public bool TryAcquire() => AcquireCore(false, null);
 
-    /// <summary>Releases the lock.</summary>
-    /// <exception cref="InvalidOperationException">It is not locked, or (reentrant) the caller does not hold it.</exception>
-    public void Release() => _ref.Call("release", this);
+    /// <summary>Releases once.</summary>
+    /// <exception cref="InvalidOperationException">Nothing to release, or (reentrant lock, condition) the caller
+    /// does not hold it, or a bounded semaphore would pass its initial value.</exception>
+    public virtual void Release() => Ref.Call("release", this);
 
-    /// <summary>Waits for the lock without blocking the caller's thread.</summary>
+    /// <summary>Waits without blocking the caller's thread.</summary>
     /// <param name="cancellationToken">Stops waiting.</param>
     /// <returns>The key.</returns>
     /// <exception cref="OperationCanceledException">Cancelled first.</exception>
@@ -66,17 +57,20 @@ public sealed class ManagedLock : IProcessLock, IManagedProxy, IProcessShared, I
         return new LockReleaser(this);
     }
 
-    /// <summary>Waits up to a timeout for the lock without blocking the caller's thread.</summary>
+    /// <summary>Waits up to a timeout without blocking the caller's thread.</summary>
     /// <param name="timeout">How long to wait.</param>
     /// <param name="cancellationToken">Stops waiting.</param>
-    /// <returns>True if taken.</returns>
-    /// <remarks>The owner of a lock taken this way is the pool thread that took it; release it from any thread
-    /// only if it is not reentrant.</remarks>
+    /// <returns>True if acquired.</returns>
+    /// <remarks>The owner of a lock taken this way is the pool thread that took it.</remarks>
     public Task<bool> AcquireAsync(TimeSpan timeout, CancellationToken cancellationToken = default) =>
         ManagedAsync.Until(slice => Acquire(slice), timeout, cancellationToken);
 
-    /// <summary>Gives up this process's hold on the lock object (not the lock itself).</summary>
-    public void Dispose() => _ref.Release();
+    /// <summary>Gives up this process's hold on the object (not the lock itself).</summary>
+    public void Dispose()
+    {
+        Ref.Release();
+        GC.SuppressFinalize(this);
+    }
 
     /// <summary>Same as <see cref="Dispose"/>.</summary>
     /// <returns>A completed task.</returns>
@@ -88,66 +82,63 @@ public sealed class ManagedLock : IProcessLock, IManagedProxy, IProcessShared, I
 
     /// <summary>Describes the proxy.</summary>
     /// <returns>The text.</returns>
-    public override string ToString() => $"ManagedLock({_ref})";
+    public override string ToString() => $"{GetType().Name}({Ref})";
 
-    void IProcessShared.WriteHandle(WireWriter writer) => _ref.WriteHandle(writer);
-
-    internal static ManagedLock ReadHandle(WireReader reader) => new(ProxyRef.ReadHandle(reader));
-
-    internal long Id => _ref.Id;
-
-    internal ManagerClient Client => _ref.Client;
+    void IProcessShared.WriteHandle(WireWriter writer) => Ref.WriteHandle(writer);
 
     private bool AcquireCore(bool block, TimeSpan? timeout)
     {
         long ticks = WireTimeout.Encode(timeout);
-        var request = _ref.Begin("acquire", this);
+        var request = Ref.Begin("acquire", this);
         request.Bool(block);
         request.Int64(ticks);
-        return _ref.Client.Send(request).Bool();
+        return Ref.Client.Send(request).Bool();
     }
+}
+
+/// <summary>A lock or reentrant lock that lives in a manager process, Python's <c>manager.Lock()</c> and
+/// <c>manager.RLock()</c>. The owner is the calling thread of the calling process.</summary>
+/// <remarks>Process-safe. When a process that holds it dies, the manager releases it, so nobody deadlocks (Python's
+/// manager keeps it locked forever).</remarks>
+public sealed class ManagedLock : ManagedLockBase
+{
+    internal ManagedLock(ProxyRef reference)
+        : base(reference)
+    {
+    }
+
+    /// <summary>Whether some thread of some process holds the lock.</summary>
+    public bool Locked => Ref.Call("locked", this).Bool();
+
+    /// <summary>Whether the calling thread holds it.</summary>
+    public bool IsOwnedByCurrentThread => Ref.Call("mine", this).Bool();
+
+    /// <summary>How many times the calling thread holds it (reentrant lock), or 0.</summary>
+    public int RecursionCount => Ref.Call("count", this).Int32();
+
+    internal long Id => Ref.Id;
+
+    internal ManagerClient Client => Ref.Client;
+
+    internal static ManagedLock ReadHandle(WireReader reader) => new(ProxyRef.ReadHandle(reader));
 }
 
 /// <summary>A semaphore or bounded semaphore that lives in a manager process, Python's <c>manager.Semaphore(n)</c>
 /// and <c>manager.BoundedSemaphore(n)</c>.</summary>
 /// <remarks>Process-safe.</remarks>
-public sealed class ManagedSemaphore : IProcessLock, IManagedProxy, IProcessShared, IAsyncDisposable
+public sealed class ManagedSemaphore : ManagedLockBase
 {
-    private readonly ProxyRef _ref;
-
-    internal ManagedSemaphore(ProxyRef reference) => _ref = reference;
-
-    ProxyRef IManagedProxy.Ref => _ref;
-
-    /// <summary>The current count.</summary>
-    public int Value => _ref.Call("value", this).Int32();
-
-    /// <summary>Waits for a slot; dispose the key to give it back.</summary>
-    /// <returns>The key.</returns>
-    public LockReleaser Acquire()
+    internal ManagedSemaphore(ProxyRef reference)
+        : base(reference)
     {
-        Acquire(null);
-        return new LockReleaser(this);
     }
 
-    /// <summary>Waits up to a timeout for a slot.</summary>
-    /// <param name="timeout">Null waits forever.</param>
-    /// <returns>True if taken.</returns>
-    public bool Acquire(TimeSpan? timeout) => AcquireCore(true, timeout);
-
-    /// <summary>Python's <c>acquire(block, timeout)</c>.</summary>
-    /// <param name="block">False tries once.</param>
-    /// <param name="timeout">With block, null waits forever.</param>
-    /// <returns>True if taken.</returns>
-    public bool Acquire(bool block, TimeSpan? timeout = null) => AcquireCore(block, timeout);
-
-    /// <summary>Takes a slot if one is free; never blocks.</summary>
-    /// <returns>True if taken.</returns>
-    public bool TryAcquire() => AcquireCore(false, null);
+    /// <summary>The current count.</summary>
+    public int Value => Ref.Call("value", this).Int32();
 
     /// <summary>Gives one slot back.</summary>
     /// <exception cref="InvalidOperationException">A bounded semaphore would go past its initial value.</exception>
-    public void Release() => Release(1);
+    public override void Release() => Release(1);
 
     /// <summary>Gives slots back.</summary>
     /// <param name="count">How many; at least 1.</param>
@@ -156,115 +147,22 @@ public sealed class ManagedSemaphore : IProcessLock, IManagedProxy, IProcessShar
     public void Release(int count)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(count, 1);
-        var request = _ref.Begin("release", this);
+        var request = Ref.Begin("release", this);
         request.Int32(count);
-        _ref.Client.Send(request);
+        Ref.Client.Send(request);
     }
-
-    /// <summary>Waits for a slot without blocking the caller's thread.</summary>
-    /// <param name="cancellationToken">Stops waiting.</param>
-    /// <returns>The key.</returns>
-    public async Task<LockReleaser> AcquireAsync(CancellationToken cancellationToken = default)
-    {
-        await AcquireAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
-        return new LockReleaser(this);
-    }
-
-    /// <summary>Waits up to a timeout for a slot without blocking the caller's thread.</summary>
-    /// <param name="timeout">How long to wait.</param>
-    /// <param name="cancellationToken">Stops waiting.</param>
-    /// <returns>True if taken.</returns>
-    public Task<bool> AcquireAsync(TimeSpan timeout, CancellationToken cancellationToken = default) =>
-        ManagedAsync.Until(slice => Acquire(slice), timeout, cancellationToken);
-
-    /// <summary>Gives up this process's hold on the semaphore object.</summary>
-    public void Dispose() => _ref.Release();
-
-    /// <summary>Same as <see cref="Dispose"/>.</summary>
-    /// <returns>A completed task.</returns>
-    public ValueTask DisposeAsync()
-    {
-        Dispose();
-        return ValueTask.CompletedTask;
-    }
-
-    /// <summary>Describes the proxy.</summary>
-    /// <returns>The text.</returns>
-    public override string ToString() => $"ManagedSemaphore({_ref})";
-
-    void IProcessShared.WriteHandle(WireWriter writer) => _ref.WriteHandle(writer);
 
     internal static ManagedSemaphore ReadHandle(WireReader reader) => new(ProxyRef.ReadHandle(reader));
-
-    private bool AcquireCore(bool block, TimeSpan? timeout)
-    {
-        long ticks = WireTimeout.Encode(timeout);
-        var request = _ref.Begin("acquire", this);
-        request.Bool(block);
-        request.Int64(ticks);
-        return _ref.Client.Send(request).Bool();
-    }
 }
 
 /// <summary>A condition variable that lives in a manager process, Python's <c>manager.Condition(lock)</c>.</summary>
 /// <remarks>Process-safe. Its lock is a managed reentrant lock unless one is given.</remarks>
-public sealed class ManagedCondition : IProcessLock, IManagedProxy, IProcessShared, IAsyncDisposable
+public sealed class ManagedCondition : ManagedLockBase
 {
-    private readonly ProxyRef _ref;
-
-    internal ManagedCondition(ProxyRef reference) => _ref = reference;
-
-    ProxyRef IManagedProxy.Ref => _ref;
-
-    /// <summary>Acquires the condition's lock; dispose the key to release it.</summary>
-    /// <returns>The key.</returns>
-    public LockReleaser Acquire()
+    internal ManagedCondition(ProxyRef reference)
+        : base(reference)
     {
-        Acquire(null);
-        return new LockReleaser(this);
     }
-
-    /// <summary>Waits up to a timeout for the condition's lock.</summary>
-    /// <param name="timeout">Null waits forever.</param>
-    /// <returns>True if taken.</returns>
-    public bool Acquire(TimeSpan? timeout)
-    {
-        long ticks = WireTimeout.Encode(timeout);
-        var request = _ref.Begin("acquire", this);
-        request.Bool(true);
-        request.Int64(ticks);
-        return _ref.Client.Send(request).Bool();
-    }
-
-    /// <summary>Takes the condition's lock if it is free.</summary>
-    /// <returns>True if taken.</returns>
-    public bool TryAcquire()
-    {
-        var request = _ref.Begin("acquire", this);
-        request.Bool(false);
-        request.Int64(0);
-        return _ref.Client.Send(request).Bool();
-    }
-
-    /// <summary>Releases the condition's lock.</summary>
-    /// <exception cref="InvalidOperationException">The caller does not hold it.</exception>
-    public void Release() => _ref.Call("release", this);
-
-    /// <summary>Waits for the lock without blocking the caller's thread.</summary>
-    /// <param name="cancellationToken">Stops waiting.</param>
-    /// <returns>The key.</returns>
-    public async Task<LockReleaser> AcquireAsync(CancellationToken cancellationToken = default)
-    {
-        await AcquireAsync(Timeout.InfiniteTimeSpan, cancellationToken).ConfigureAwait(false);
-        return new LockReleaser(this);
-    }
-
-    /// <summary>Waits up to a timeout for the lock without blocking the caller's thread.</summary>
-    /// <param name="timeout">How long to wait.</param>
-    /// <param name="cancellationToken">Stops waiting.</param>
-    /// <returns>True if taken.</returns>
-    public Task<bool> AcquireAsync(TimeSpan timeout, CancellationToken cancellationToken = default) =>
-        ManagedAsync.Until(slice => Acquire(slice), timeout, cancellationToken);
 
     /// <summary>Releases the lock, waits for a notify, and takes the lock again; Python's <c>wait(timeout)</c>.</summary>
     /// <param name="timeout">Null waits forever.</param>
@@ -273,29 +171,20 @@ public sealed class ManagedCondition : IProcessLock, IManagedProxy, IProcessShar
     public bool Wait(TimeSpan? timeout = null)
     {
         long ticks = WireTimeout.Encode(timeout);
-        var request = _ref.Begin("wait", this);
+        var request = Ref.Begin("wait", this);
         request.Int64(ticks);
-        return _ref.Client.Send(request).Bool();
+        return Ref.Client.Send(request).Bool();
     }
 
     /// <summary>Waits until a predicate holds, Python's <c>wait_for</c>.</summary>
     /// <param name="predicate">Checked with the lock held.</param>
     /// <param name="timeout">Null waits forever.</param>
     /// <returns>The predicate's last result.</returns>
+    /// <exception cref="ArgumentNullException"><paramref name="predicate"/> is null.</exception>
     public bool WaitFor(Func<bool> predicate, TimeSpan? timeout = null)
     {
         ArgumentNullException.ThrowIfNull(predicate);
-        long deadline = Blocking.Deadline(timeout);
-        bool result = predicate();
-        while (!result)
-        {
-            var remaining = Blocking.Remaining(deadline);
-            if (remaining != Timeout.InfiniteTimeSpan && remaining <= TimeSpan.Zero) break;
-            Wait(remaining == Timeout.InfiniteTimeSpan ? null : remaining);
-            result = predicate();
-        }
-
-        return result;
+        return Blocking.WaitFor(predicate, timeout, t => Wait(t));
     }
 
     /// <summary>Wakes up to <paramref name="n"/> waiters.</summary>
@@ -303,31 +192,14 @@ public sealed class ManagedCondition : IProcessLock, IManagedProxy, IProcessShar
     /// <exception cref="InvalidOperationException">The caller does not hold the lock.</exception>
     public void Notify(int n = 1)
     {
-        var request = _ref.Begin("notify", this);
+        var request = Ref.Begin("notify", this);
         request.Int32(n);
-        _ref.Client.Send(request);
+        Ref.Client.Send(request);
     }
 
     /// <summary>Wakes every waiter.</summary>
     /// <exception cref="InvalidOperationException">The caller does not hold the lock.</exception>
     public void NotifyAll() => Notify(int.MaxValue);
-
-    /// <summary>Gives up this process's hold on the condition object.</summary>
-    public void Dispose() => _ref.Release();
-
-    /// <summary>Same as <see cref="Dispose"/>.</summary>
-    /// <returns>A completed task.</returns>
-    public ValueTask DisposeAsync()
-    {
-        Dispose();
-        return ValueTask.CompletedTask;
-    }
-
-    /// <summary>Describes the proxy.</summary>
-    /// <returns>The text.</returns>
-    public override string ToString() => $"ManagedCondition({_ref})";
-
-    void IProcessShared.WriteHandle(WireWriter writer) => _ref.WriteHandle(writer);
 
     internal static ManagedCondition ReadHandle(WireReader reader) => new(ProxyRef.ReadHandle(reader));
 }

@@ -52,6 +52,32 @@ internal sealed class ProxyRef
 
     internal Slot Encode<T>(T value) => Client.Codecs.Encode(value, Client);
 
+    internal T GetAt<T>(int index, object owner)
+    {
+        var request = Begin("get", owner);
+        request.Int32(index);
+        return Decode<T>(Client.Send(request));
+    }
+
+    internal void SetAt<T>(int index, T value, object owner)
+    {
+        var v = Encode(value);
+        var request = Begin("set", owner);
+        request.Int32(index);
+        v.Write(request);
+        Client.Send(request);
+    }
+
+    /// <summary>Sends one request that carries a list of values (extend, replace).</summary>
+    internal void SendAll<T>(string method, IEnumerable<T> items, object owner)
+    {
+        ArgumentNullException.ThrowIfNull(items);
+        var slots = items.Select(Encode).ToList();
+        var request = Begin(method, owner);
+        SlotLists.Write(request, slots);
+        Client.Send(request);
+    }
+
     internal byte[] Key<T>(T key) => Client.Codecs.Key(key, Client);
 
     /// <summary>Reads a stored value from a reply; proxies inside it become live proxies of this manager.</summary>

@@ -34,6 +34,22 @@ internal static unsafe class Blocking
         return Stopwatch.GetTimestamp() + (long)(t.TotalSeconds * Stopwatch.Frequency);
     }
 
+    /// <summary>Python's <c>wait_for</c>: re-checks the predicate after each wait until it holds or time runs out.</summary>
+    internal static bool WaitFor(Func<bool> predicate, TimeSpan? timeout, Func<TimeSpan?, bool> wait)
+    {
+        long deadline = Deadline(timeout);
+        bool result = predicate();
+        while (!result)
+        {
+            var remaining = Remaining(deadline);
+            if (remaining != Timeout.InfiniteTimeSpan && remaining <= TimeSpan.Zero) break;
+            wait(remaining == Timeout.InfiniteTimeSpan ? null : remaining);
+            result = predicate();
+        }
+
+        return result;
+    }
+
     internal static TimeSpan Remaining(long deadline) =>
         deadline == long.MaxValue ? Timeout.InfiniteTimeSpan : Stopwatch.GetElapsedTime(Stopwatch.GetTimestamp(), deadline);
 

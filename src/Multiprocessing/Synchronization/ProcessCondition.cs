@@ -105,17 +105,7 @@ public sealed unsafe class ProcessCondition : IProcessLock, IProcessShared, IAsy
     public bool WaitFor(Func<bool> predicate, TimeSpan? timeout = null)
     {
         ArgumentNullException.ThrowIfNull(predicate);
-        long deadline = Blocking.Deadline(timeout);
-        bool result = predicate();
-        while (!result)
-        {
-            var remaining = Blocking.Remaining(deadline);
-            if (remaining != Timeout.InfiniteTimeSpan && remaining <= TimeSpan.Zero) break;
-            Wait(remaining == Timeout.InfiniteTimeSpan ? null : remaining);
-            result = predicate();
-        }
-
-        return result;
+        return Blocking.WaitFor(predicate, timeout, t => Wait(t));
     }
 
     /// <summary>Wakes up to <paramref name="n"/> of the processes and threads waiting now.</summary>
