@@ -37,19 +37,8 @@ internal static class ChildRuntime
         ProcessRuntime.BecomeChild(job, parentExited.Task);
         if (job.OwnsChannel)
         {
-            // The target reads the channel itself and treats its end as the parent's death; but a target inside a
-            // long call reads nothing, so a thread that only polls for the hang-up ends the process meanwhile.
+            // The target reads the channel itself and treats its end as the parent's death.
             Channel = control;
-            var lifeline = new Thread(() =>
-            {
-                OsIo.WaitForHangUp(control);
-                OsProcess.ExitNow(0);
-            })
-            {
-                IsBackground = true,
-                Name = "Multiprocessing parent lifeline",
-            };
-            lifeline.Start();
         }
         else
         {
