@@ -70,6 +70,90 @@ public sealed class PoolFaultTests(ITestOutputHelper output) : ProcessTest
     public Task Only_the_task_whose_worker_dies_fails_the_rest_run_once_and_the_pool_goes_on(DeathKind death, CallKind call) =>
         Run(death, call, victim: 1, victimWaitsForEarlierResults: call == CallKind.IMap);
 
+    /// <summary>
+    /// A worker sends its answers in batches, so when it dies it may have finished tasks whose answers it had not
+    /// sent yet. Those tasks are not blamed and do not run again; the one that was running is blamed. Here one
+    /// worker holds items 0 to 7 at once (after a first call its window covers all of them), runs 0 to 2 in
+    /// microseconds (less than the millisecond between flushes) and dies in 3.
+    /// </summary>
+    [Fact]
+    public async Task A_death_after_tasks_whose_answers_were_not_sent_yet_blames_the_running_task_and_runs_nothing_twice()
+    {
+        const int victim = 3, items = 8;
+        using var runs = Mp.RawArray<int>(items);
+        using var victimState = Mp.RawArray<long>(Faults.StateLength);
+        victimState[Faults.Go] = 1;
+        await using var pool = Mp.Pool(processes: 1);
+        Assert.Equal(0, pool.Apply(() => 0));
+        var seen = await OnOwnThread(() =>
+        {
+            var seen = new Seen();
+            using var results = pool.IMap(x => Work(x, victim, DeathKind.Sigkill, runs, victimState), Enumerable.Range(0, items)).GetEnumerator();
+            for (int position = 0; position <= items; position++)
+            {
+                try
+                {
+                    if (!results.MoveNext()) break;
+                    seen.Results.Add(results.Current);
+                }
+                catch (MultiprocessingException ex)
+                {
+                    seen.Failed(position, ex, Stopwatch.GetTimestamp());
+                }
+            }
+
+            return seen;
+        }).WaitAsync(Guard);
+
+        var counts = runs.ToArray();
+        Assert.Multiple(
+            () => Assert.True(counts.All(c => c == 1), $"runs per item (each must be 1): [{string.Join(", ", counts)}]"),
+            () => Assert.Equal(victim, seen.FailedItem),
+            () => Assert.Equal((int)victimState[Faults.Pid], Assert.IsType<WorkerLostException>(seen.Failure).Pid),
+            () => Assert.Empty(seen.UnexpectedFailures),
+            () => Assert.Equal(Enumerable.Range(0, items).Where(i => i != victim).Select(Result), seen.Results));
+    }
+
+    /// <summary>Answers too large for the worker's copy on its board go out at once: after a death, big answers
+    /// that were sent and small ones that were only kept all arrive, and only the running task fails.</summary>
+    [Fact]
+    public async Task After_a_death_big_answers_that_were_sent_and_small_ones_that_were_kept_all_arrive_once()
+    {
+        const int victim = 4, items = 8;
+        using var runs = Mp.RawArray<int>(items);
+        using var victimState = Mp.RawArray<long>(Faults.StateLength);
+        victimState[Faults.Go] = 1;
+        await using var pool = Mp.Pool(processes: 1);
+        Assert.Equal(0, pool.Apply(() => 0));
+
+        // Items 0 and 2 answer 100 kB each (more than the board keeps), 1 and 3 a few bytes.
+        var outcomes = await OnOwnThread(() =>
+        {
+            var seen = new Seen();
+            using var results = pool.IMap(x => new byte[Work(x, victim, DeathKind.Sigkill, runs, victimState) % 2 == 0 ? 100_000 : 8], Enumerable.Range(0, items)).GetEnumerator();
+            for (int position = 0; position <= items; position++)
+            {
+                try
+                {
+                    if (!results.MoveNext()) break;
+                    seen.Results.Add(results.Current.Length);
+                }
+                catch (MultiprocessingException ex)
+                {
+                    seen.Failed(position, ex, Stopwatch.GetTimestamp());
+                }
+            }
+
+            return seen;
+        }).WaitAsync(Guard);
+
+        var counts = runs.ToArray();
+        Assert.True(counts.All(c => c == 1), $"runs per item (each must be 1): [{string.Join(", ", counts)}]");
+        Assert.Equal(victim, outcomes.FailedItem);
+        Assert.IsType<WorkerLostException>(outcomes.Failure);
+        Assert.Equal([100_000, 8, 100_000, 8, 8, 100_000, 8], outcomes.Results);
+    }
+
     /// <summary>The latency checks subtract a timestamp taken in the worker from one taken here: both must be the
     /// same clock (Stopwatch is CLOCK_MONOTONIC on Linux, which is system-wide).</summary>
     [Fact]

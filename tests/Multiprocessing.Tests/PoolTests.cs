@@ -361,7 +361,7 @@ public sealed class PoolTests : ProcessTest
         using var pool = Mp.Pool(processes: 1);
         Assert.Throws<ArgumentOutOfRangeException>(() => pool.Map(Square, [1], chunksize: 0));
         Assert.Throws<ArgumentOutOfRangeException>(() => pool.IMap(Square, [1], chunksize: 0));
-        Assert.Throws<ArgumentNullException>(() => pool.Map<int, int>(null!, [1]));
+        Assert.Throws<ArgumentNullException>(() => pool.Map((Func<int, int>)null!, [1]));
         var stream = new MemoryStream();
         Assert.Throws<System.Runtime.Serialization.SerializationException>(() => pool.Apply(() => stream.Length));
         Assert.Equal(1, pool.Apply(() => 1));

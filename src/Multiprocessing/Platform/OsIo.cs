@@ -120,6 +120,11 @@ internal static unsafe class OsIo
     /// <returns>False on timeout.</returns>
     internal static bool WaitReadable(int fd, int timeoutMs) => PollOne(fd, Posix.POLLIN, timeoutMs);
 
+    /// <summary>Blocks until the other end of a socket has closed, without reading: data that arrives meanwhile
+    /// stays for the descriptor's reader (POLLRDHUP; hang-up and errors are always reported).</summary>
+    /// <param name="fd">A stream socket.</param>
+    internal static void WaitForHangUp(int fd) => PollOne(fd, Posix.POLLRDHUP, -1);
+
     private static void WaitWritable(int fd) => PollOne(fd, Posix.POLLOUT, -1);
 
     private static bool PollOne(int fd, short events, int timeoutMs)

@@ -158,6 +158,7 @@ internal static unsafe partial class Posix
     internal const int F_DUPFD_CLOEXEC = 1030;
     internal const short POLLIN = 0x1;
     internal const short POLLOUT = 0x4;
+    internal const short POLLRDHUP = 0x2000;
     internal const int SOL_SOCKET = 1;
     internal const int SCM_RIGHTS = 1;
     internal const int SO_PEERCRED = 17;

@@ -3,7 +3,7 @@ using System.Runtime.CompilerServices;
 namespace Multiprocessing;
 
 /// <summary>
-/// The pending result of <see cref="ProcessPool.ApplyAsync{TResult}"/>, <see cref="ProcessPool.MapAsync{T, TResult}"/> and
+/// The pending result of <see cref="ProcessPool.ApplyAsync{TResult}(Func{TResult}, Action{TResult}, Action{Exception}, TimeSpan?, CancellationToken)"/>, <see cref="ProcessPool.MapAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int?, Action{List{TResult}}, Action{Exception}, IProgress{MapProgress}, TimeSpan?, CancellationToken)"/> and
 /// the other *Async calls, as Python's <c>AsyncResult</c>: <see cref="Get"/>, <see cref="Wait"/>, <see cref="Ready"/>,
 /// <see cref="Successful"/>. It is also awaitable: <c>var squares = await pool.MapAsync(F, items);</c>.
 /// </summary>
@@ -37,6 +37,7 @@ public sealed class AsyncResult<T>
     /// <exception cref="RemoteException">The task threw in its worker.</exception>
     /// <exception cref="WorkerLostException">The worker running the task died.</exception>
     /// <exception cref="PoolTerminatedException">The pool was terminated first.</exception>
+    /// <exception cref="OperationCanceledException">The call was cancelled through its token.</exception>
     public T Get(TimeSpan? timeout = null)
     {
         if (!Wait(timeout)) throw new TimeoutException($"The result did not arrive within {timeout}; the task is still running.");
@@ -73,9 +74,19 @@ public sealed class AsyncResult<T>
         if (_completion.TrySetException(error)) _done.Set();
     }
 
+    internal void SetCanceled(OperationCanceledException error)
+    {
+        // Kept first: a Get that sees the cancelled task reads it.
+        Volatile.Write(ref _canceled, error);
+        if (_completion.TrySetCanceled(error.CancellationToken)) _done.Set();
+    }
+
+    private OperationCanceledException? _canceled;
+
     private Exception Failure()
     {
-        var error = _completion.Task.Exception!.InnerException!;
+        // A cancelled task carries no exception; Get throws the one the pool made, which says what happened.
+        var error = _completion.Task.IsCanceled ? Volatile.Read(ref _canceled)! : _completion.Task.Exception!.InnerException!;
 
         // Rethrown as is, so callers catch RemoteException, not AggregateException; the original stack is kept
         // inside it.

@@ -30,6 +30,15 @@ internal abstract class PoolCall(ProcessPool pool, int id, int funcId, ReadOnlyM
 
     internal TimeSpan? Timeout { get; set; }
 
+    /// <summary>The caller gave a token that can be cancelled: its workers watch for that.</summary>
+    internal bool Cancellable { get; set; }
+
+    /// <summary>The caller cancelled the call: its result has failed, and answers still due are dropped.</summary>
+    internal bool Cancelled { get; set; }
+
+    /// <summary>The call's registration on the caller's token, ended when the call is over.</summary>
+    internal CancellationTokenRegistration Registration { get; set; }
+
     /// <summary>How many items a chunk holds (its time limit is that many times the per-task one).</summary>
     internal virtual int ChunkItems(int chunk) => 1;
 
@@ -47,6 +56,10 @@ internal abstract class PoolCall(ProcessPool pool, int id, int funcId, ReadOnlyM
 
     /// <summary>The pool was terminated: everything not yet delivered fails.</summary>
     internal abstract void Abort(Exception error);
+
+    /// <summary>The caller cancelled: the result fails with <paramref name="error"/> now; no chunk is completed
+    /// after this.</summary>
+    internal abstract void Cancel(OperationCanceledException error);
 
     /// <summary>The consumer stopped early: no more chunks will come.</summary>
     internal virtual void Abandon()
@@ -139,6 +152,12 @@ internal sealed class MapCall<T, TResult> : PoolCall
         Finish();
     }
 
+    internal override void Cancel(OperationCanceledException error)
+    {
+        if (_errorCallback is { } onError) Pool.Post(() => onError(error), () => _result.SetCanceled(error));
+        else _result.SetCanceled(error);
+    }
+
     /// <summary>Completes at once when there is nothing to run.</summary>
     internal void FinishIfEmpty()
     {
@@ -212,6 +231,12 @@ internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, R
     }
 
     internal override void Abort(Exception error) => Fail(0, error);
+
+    internal override void Cancel(OperationCanceledException error)
+    {
+        if (errorCallback is { } onError) Pool.Post(() => onError(error), () => result.SetCanceled(error));
+        else result.SetCanceled(error);
+    }
 
     private void Succeed(TResult value)
     {
@@ -313,6 +338,12 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
         Signal.Release();
     }
 
+    internal override void Cancel(OperationCanceledException error)
+    {
+        SourceDone = true;
+        Abort(error);
+    }
+
     /// <summary>Takes the next chunk of outcomes the consumer may see, in input order or in arrival order.</summary>
     internal Outcome<TResult>[]? TryTake()
     {
@@ -351,11 +382,14 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
 /// <summary>
 /// The consumer's side of IMap and IMapUnordered. Like Python's iterator, and unlike a C# iterator block, a failed
 /// item throws from <c>MoveNext</c> and the next call goes on with the following results; only a terminated pool
-/// ends the stream at its error. Enumerable once.
+/// or a cancelled call ends the stream at its error. Enumerable once.
 /// </summary>
-internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, CancellationToken cancellationToken = default)
+internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, CancellationToken cancellationToken)
     : IEnumerable<TResult>, IEnumerator<TResult>, IAsyncEnumerable<TResult>, IAsyncEnumerator<TResult>
 {
+    /// <summary>The token given to <c>GetAsyncEnumerator</c> (<c>WithCancellation</c>); it cancels the call too.</summary>
+    private CancellationToken _enumeratorToken;
+    private CancellationTokenRegistration _enumeratorRegistration;
     private Outcome<TResult>[]? _batch;
     private int _index;
     private bool _done;
@@ -370,15 +404,22 @@ internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEn
 
     System.Collections.IEnumerator System.Collections.IEnumerable.GetEnumerator() => Take();
 
-    public IAsyncEnumerator<TResult> GetAsyncEnumerator(CancellationToken cancellationToken = default) => Take();
+    public IAsyncEnumerator<TResult> GetAsyncEnumerator(CancellationToken cancellationToken = default)
+    {
+        Take();
+        _enumeratorToken = cancellationToken;
+        _enumeratorRegistration = call.Pool.Watch(call, cancellationToken);
+        return this;
+    }
 
+    // Waits need no token: cancelling the call aborts it, which releases the signal.
     public bool MoveNext()
     {
         while (true)
         {
             if (TryNext()) return true;
             if (_done) return false;
-            call.Signal.Wait(cancellationToken);
+            call.Signal.Wait();
         }
     }
 
@@ -388,7 +429,7 @@ internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEn
         {
             if (TryNext()) return true;
             if (_done) return false;
-            await call.Signal.WaitAsync(cancellationToken).ConfigureAwait(false);
+            await call.Signal.WaitAsync().ConfigureAwait(false);
         }
     }
 
@@ -396,7 +437,9 @@ internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEn
 
     public void Dispose()
     {
-        if (Interlocked.Exchange(ref _closed, 1) == 0) call.Pool.CloseStream(call, source);
+        if (Interlocked.Exchange(ref _closed, 1) != 0) return;
+        _enumeratorRegistration.Unregister();
+        call.Pool.CloseStream(call, source);
     }
 
     public ValueTask DisposeAsync()
@@ -415,6 +458,14 @@ internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEn
     /// when the caller must wait (or the stream is over, with <see cref="_done"/> set).</summary>
     private bool TryNext()
     {
+        // Once a token is cancelled the stream ends there, even with results already in hand (the .NET rule).
+        if (!_done && (cancellationToken.IsCancellationRequested || _enumeratorToken.IsCancellationRequested))
+        {
+            Finish();
+            var token = cancellationToken.IsCancellationRequested ? cancellationToken : _enumeratorToken;
+            throw new OperationCanceledException("The call was cancelled.", token);
+        }
+
         while (true)
         {
             if (_batch is not null && _index < _batch.Length)

@@ -6,6 +6,7 @@ public sealed class PoolOptions
 {
     private int _maxReadAhead = 10_000;
     private TimeSpan? _taskTimeout;
+    private TimeSpan _cancellationGracePeriod = TimeSpan.FromSeconds(2);
 
     /// <summary>How long one task may run before its worker is killed (and replaced) and the task fails with
     /// <see cref="TimeoutException"/>; null (the default) for no limit. A call's own <c>taskTimeout</c> overrides it.
@@ -16,6 +17,18 @@ public sealed class PoolOptions
     {
         get => _taskTimeout;
         set => _taskTimeout = value is null || value > TimeSpan.Zero ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "TaskTimeout must be positive, or null for no limit.");
+    }
+
+    /// <summary>How long a running task of a cancelled call may take to stop by itself (it sees
+    /// <see cref="ProcessPool.CurrentTaskCancellationToken"/> cancelled) before its worker is killed and replaced;
+    /// default 2 seconds. <see cref="TimeSpan.Zero"/> kills at once; <see cref="Timeout.InfiniteTimeSpan"/> never
+    /// kills, and a task that ignores its token then holds its worker until it returns.</summary>
+    /// <exception cref="ArgumentOutOfRangeException">Negative, other than <see cref="Timeout.InfiniteTimeSpan"/>.</exception>
+    public TimeSpan CancellationGracePeriod
+    {
+        get => _cancellationGracePeriod;
+        set => _cancellationGracePeriod = value >= TimeSpan.Zero || value == Timeout.InfiniteTimeSpan ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, "CancellationGracePeriod must be zero or more, or Timeout.InfiniteTimeSpan to never kill.");
     }
 
     /// <summary>

@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
 using Multiprocessing.Platform;
 using Multiprocessing.Processes;
 using Multiprocessing.Serialization;
@@ -8,24 +9,46 @@ namespace Multiprocessing.Pool;
 
 /// <summary>
 /// The loop a pool worker runs in its child process: read frames, run chunks in order, write results. Results are
-/// flushed when no complete frame is left to run, so a burst of small tasks costs one write for many answers.
+/// flushed when no complete frame is left to run, so a burst of small tasks costs one write for many answers; until
+/// then a copy of each answer waits on the worker's <see cref="WorkerBoard"/>, where the pool finds it if the worker
+/// dies first.
 /// </summary>
 internal static class PoolWorker
 {
+    /// <summary>The function whose chunk runs now (or ran last) in this process; null outside a pool worker.</summary>
+    private static volatile Registered? _current;
+
+    /// <summary>The cancellation token of the call whose task runs now in this process.</summary>
+    internal static CancellationToken CurrentToken => _current?.Cancellation?.Token ?? CancellationToken.None;
+
     /// <summary>The target of every pool worker process.</summary>
-    internal static void Run(Action? initializer)
+    internal static void Run(Action? initializer, WorkerBoard board)
     {
         int fd = ChildRuntime.Channel;
         if (fd < 0) throw new InvalidOperationException("a pool worker must be started with its own channel");
+
+        // The loop below exits when the channel ends, but a task that runs long reads nothing meanwhile: this
+        // thread only polls for the hang-up (leaving the data to the loop), so a dead pool's workers go at once.
+        new Thread(() =>
+        {
+            OsIo.WaitForHangUp(fd);
+            OsProcess.ExitNow(0);
+        })
+        {
+            IsBackground = true,
+            Name = "Multiprocessing pool lifeline",
+        }.Start();
         initializer?.Invoke();
 
-        var runners = new Dictionary<int, IChunkRunner>();
+        var runners = new Dictionary<int, Registered>();
         var output = new WireWriter(64 * 1024);
         var input = new byte[64 * 1024];
         int filled = 0;
         var frames = new List<(int Offset, int Length)>();
         var reader = new WireReader(ReadOnlyMemory<byte>.Empty);
         var stats = new WorkerCounters();
+        var cancels = new CancelState(board);
+        long sequence = 0;
         long idleSince = Stopwatch.GetTimestamp();
         long lastFlush = idleSince;
 
@@ -34,7 +57,7 @@ internal static class PoolWorker
         long flushInterval = Stopwatch.Frequency / 1000;
 
         // Tell the pool this worker is up: a task's time limit counts from here, not from the process start.
-        Flush(fd, output, stats);
+        Flush(fd, output, stats, board);
 
         while (true)
         {
@@ -54,29 +77,36 @@ internal static class PoolWorker
                 {
                     case PoolProtocol.Define:
                         int id = reader.Int32();
-                        runners[id] = ChunkRunner.Create(DelegateSerializer.Deserialize(reader.Bytes()));
+                        runners[id] = new Registered(id, ChunkRunner.Create(DelegateSerializer.Deserialize(reader.Bytes())));
                         break;
                     case PoolProtocol.Forget:
-                        runners.Remove(reader.Int32());
+                        int forgotten = reader.Int32();
+                        runners.Remove(forgotten);
+                        cancels.Forget(forgotten);
                         break;
                     case PoolProtocol.Run:
+                        byte flags = reader.Byte();
+
                         // A chunk with a time limit is timed by the pool from the previous answer: send it now.
-                        if (reader.Byte() != 0 && output.Length > 0)
+                        if ((flags & PoolProtocol.Timed) != 0 && output.Length > 0)
                         {
-                            Flush(fd, output, stats);
+                            Flush(fd, output, stats, board);
                             lastFlush = Stopwatch.GetTimestamp();
                         }
 
-                        RunChunk(reader, runners, output, stats);
-                        if (Stopwatch.GetTimestamp() - lastFlush > flushInterval)
+                        bool cancellable = (flags & PoolProtocol.Cancellable) != 0;
+                        if (cancellable) cancels.Watch();
+                        bool kept = RunChunk(reader, runners, output, stats, board, cancels, cancellable, ++sequence);
+                        if (!kept || Stopwatch.GetTimestamp() - lastFlush > flushInterval)
                         {
-                            Flush(fd, output, stats);
+                            Flush(fd, output, stats, board);
                             lastFlush = Stopwatch.GetTimestamp();
                         }
 
+                        board.EndChunk(sequence);
                         break;
                     case PoolProtocol.Shutdown:
-                        Flush(fd, output, stats);
+                        Flush(fd, output, stats, board);
                         return;
                     default:
                         throw new InvalidDataException("unknown pool frame");
@@ -89,7 +119,7 @@ internal static class PoolWorker
             if (filled == input.Length) Array.Resize(ref input, input.Length * 2);
             if (frames.Count > 0 && filled == 0)
             {
-                Flush(fd, output, stats);
+                Flush(fd, output, stats, board);
                 lastFlush = Stopwatch.GetTimestamp();
             }
 
@@ -97,22 +127,43 @@ internal static class PoolWorker
         }
     }
 
-    private static void RunChunk(WireReader reader, Dictionary<int, IChunkRunner> runners, WireWriter output, WorkerCounters stats)
+    /// <summary>Runs one chunk (or skips it, when its call was cancelled) and writes its answer; false when the
+    /// answer could not be kept on the board and must be sent now.</summary>
+    private static bool RunChunk(WireReader reader, Dictionary<int, Registered> runners, WireWriter output, WorkerCounters stats, WorkerBoard board, CancelState cancels, bool cancellable, long sequence)
     {
+        // Recorded before anything of the chunk runs: if this process dies from here on, this chunk did it.
+        board.BeginChunk(sequence);
         int callId = reader.Int32();
         int chunk = reader.Int32();
         int funcId = reader.Int32();
-        int count = reader.Int32();
         int frame = output.BeginFrame(PoolProtocol.Result);
         output.Int32(callId);
         output.Int32(chunk);
-        output.Int32(count);
-        runners[funcId].Run(reader, count, output, stats);
+        if (cancels.Skips(funcId))
+        {
+            // The pool has failed this chunk already; it only needs the answer to keep the order.
+            output.Int32(0);
+            output.Byte(PoolProtocol.PerItem);
+        }
+        else
+        {
+            int count = reader.Int32();
+            output.Int32(count);
+            var registered = runners[funcId];
+
+            // Only a call that can be cancelled gives its tasks a token that can be: code may skip work on
+            // CanBeCanceled, as it does for CancellationToken.None.
+            if (cancellable) registered.Cancellation ??= new CancellationTokenSource();
+            if (_current != registered) _current = registered;
+            registered.Runner.Run(reader, count, output, stats);
+        }
+
         output.EndFrame(frame);
         stats.Tasks++;
+        return board.Keep(output.WrittenSpan[frame..]);
     }
 
-    private static void Flush(int fd, WireWriter output, WorkerCounters stats)
+    private static void Flush(int fd, WireWriter output, WorkerCounters stats, WorkerBoard board)
     {
         int frame = output.BeginFrame(PoolProtocol.Stats);
         output.Int64(stats.Tasks);
@@ -122,6 +173,72 @@ internal static class PoolWorker
         output.EndFrame(frame);
         OsProcess.WriteAll(fd, output.WrittenSpan);
         output.Reset();
+        board.Sent();
+    }
+
+    /// <summary>A function defined for a call, with the token its tasks see.</summary>
+    private sealed class Registered(int funcId, IChunkRunner runner)
+    {
+        internal int FuncId { get; } = funcId;
+
+        internal IChunkRunner Runner { get; } = runner;
+
+        internal CancellationTokenSource? Cancellation { get; set; }
+    }
+
+    /// <summary>
+    /// What the worker knows of cancelled calls. The loop looks at the board's generation once per chunk (one
+    /// load) and skips chunks of cancelled calls; a watcher thread, started with the first chunk of a call that can
+    /// be cancelled, sleeps on the generation and cancels the running task's token.
+    /// </summary>
+    private sealed class CancelState(WorkerBoard board)
+    {
+        private readonly HashSet<int> _cancelled = [];
+        private int _seen;
+        private Thread? _watcher;
+
+        internal bool Skips(int funcId)
+        {
+            int generation = board.Generation;
+            if (generation != _seen)
+            {
+                // Only what is new: a forgotten call must not come back from the ring.
+                board.ReadCancelled(_seen, generation, _cancelled);
+                _seen = generation;
+            }
+
+            return _cancelled.Count > 0 && _cancelled.Contains(funcId);
+        }
+
+        /// <summary>A forgotten call sends no more chunks.</summary>
+        internal void Forget(int funcId) => _cancelled.Remove(funcId);
+
+        internal void Watch()
+        {
+            if (_watcher is not null) return;
+            _watcher = new Thread(WatchLoop) { IsBackground = true, Name = "Multiprocessing pool cancellation" };
+            _watcher.Start();
+        }
+
+        private void WatchLoop()
+        {
+            int seen = board.Generation;
+            while (true)
+            {
+                board.WaitForCancellation(seen);
+                seen = board.Generation;
+                if (_current is not { Cancellation: { } cancellation } current || !board.IsCancelled(current.FuncId)) continue;
+                try
+                {
+                    cancellation.Cancel();
+                }
+                catch (AggregateException ex)
+                {
+                    // A callback the task registered on its token threw; the task itself goes on to be stopped.
+                    ProcessRuntime.Logger.LogError(ex, "A callback registered on a pool task's cancellation token threw");
+                }
+            }
+        }
     }
 }
 

@@ -73,38 +73,64 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary>The number of worker processes.</summary>
     public int Processes { get; }
 
+    /// <summary>
+    /// Inside a pool task: the token of the task's call, cancelled when the caller cancels the call, so the task can
+    /// stop early (by returning or throwing <see cref="OperationCanceledException"/>). A task that is still running
+    /// <see cref="PoolOptions.CancellationGracePeriod"/> later is killed with its worker. Outside a pool task,
+    /// <see cref="CancellationToken.None"/>. The overloads whose function takes a <see cref="CancellationToken"/>
+    /// pass this token.
+    /// </summary>
+    /// <remarks>A worker runs one task at a time, so any thread of the worker process reads the running task's token.
+    /// Callbacks registered on it run on a watcher thread of the worker.</remarks>
+    public static CancellationToken CurrentTaskCancellationToken => PoolWorker.CurrentToken;
+
     /// <summary>Applies <paramref name="func"/> to every item and returns the results in order (Python's <c>map</c>).
-    /// The input is read whole first, as Python does; use <see cref="IMap{T, TResult}"/> for lazy input.</summary>
+    /// The input is read whole first, as Python does; use <see cref="IMap{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/> for lazy input.</summary>
     /// <param name="func">The function; it and what it captures travel to the workers once per call.</param>
     /// <param name="iterable">The items.</param>
     /// <param name="chunksize">Items per task; by default Python's rule, about len / (4 x processes).</param>
     /// <param name="progress">Receives (done, total) on the result thread as chunks complete.</param>
     /// <param name="taskTimeout">How long one task may run before its worker is killed and it fails with
     /// <see cref="TimeoutException"/>; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
-    /// <param name="cancellationToken">Stops waiting (the tasks keep running).</param>
+    /// <param name="cancellationToken">Cancels the call: its tasks that have not started are dropped at once, running
+    /// ones see <see cref="CurrentTaskCancellationToken"/> and are killed after the grace period.</param>
     /// <returns>The results, in input order.</returns>
     /// <exception cref="RemoteException">A task threw; the earliest failing item's exception is raised after the
     /// other tasks finished.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public List<TResult> Map<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
-        Wait(MapAsync(func, iterable, chunksize, progress: progress, taskTimeout: taskTimeout), cancellationToken);
+        MapAsync(func, iterable, chunksize, progress: progress, taskTimeout: taskTimeout, cancellationToken: cancellationToken).Get();
 
-    /// <summary>Starts a <see cref="Map{T, TResult}"/> and returns at once (Python's <c>map_async</c>).</summary>
+    /// <summary><see cref="Map{T, TResult}(Func{T, TResult}, IEnumerable{T}, int?, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// with a function that takes its task's cancellation token (<see cref="CurrentTaskCancellationToken"/>).</summary>
+    /// <exception cref="RemoteException">A task threw.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public List<TResult> Map<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Map(WithToken(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
+
+    /// <summary>Starts a <see cref="Map{T, TResult}(Func{T, TResult}, IEnumerable{T}, int?, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// and returns at once (Python's <c>map_async</c>).</summary>
     /// <param name="func">The function.</param>
     /// <param name="iterable">The items.</param>
     /// <param name="chunksize">Items per task; by default Python's rule.</param>
     /// <param name="callback">Runs on the result thread with the results, before the result is ready.</param>
-    /// <param name="errorCallback">Runs on the result thread with the failure, before the result is ready.</param>
+    /// <param name="errorCallback">Runs on the result thread with the failure (or the
+    /// <see cref="OperationCanceledException"/> of a cancellation), before the result is ready.</param>
     /// <param name="progress">Receives (done, total) on the result thread.</param>
     /// <param name="taskTimeout">How long one task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
+    /// <param name="cancellationToken">Cancels the call: the result is cancelled at once, tasks that have not started
+    /// are dropped, running ones see <see cref="CurrentTaskCancellationToken"/> and are killed after the grace period.</param>
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public AsyncResult<List<TResult>> MapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null,
-        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null)
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
+        CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(func);
         ArgumentNullException.ThrowIfNull(iterable);
@@ -113,32 +139,50 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         int size = chunksize ?? DefaultChunksize(items.Length);
         var function = DelegateSerializer.Serialize(func);
         var result = new AsyncResult<List<TResult>>();
+        MapCall<T, TResult> call;
         lock (_gate)
         {
             ThrowIfNotRunning();
-            var call = new MapCall<T, TResult>(this, NextCallId(), NextCallId(), function, items, size, result, callback, errorCallback, progress);
+            call = new MapCall<T, TResult>(this, NextCallId(), NextCallId(), function, items, size, result, callback, errorCallback, progress);
+            if (cancellationToken.IsCancellationRequested)
+            {
+                call.Cancel(Cancelled(cancellationToken));
+                return result;
+            }
+
             if (call.ChunkCount == 0)
             {
                 call.FinishIfEmpty();
                 return result;
             }
 
-            Admit(call, taskTimeout);
+            Admit(call, taskTimeout, cancellationToken);
             for (int chunk = 0; chunk < call.ChunkCount; chunk++) Enqueue(call, chunk);
             Pump();
         }
 
+        Watch(call, cancellationToken);
         return result;
     }
 
+    /// <summary><see cref="MapAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int?, Action{List{TResult}}?, Action{Exception}?, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// with a function that takes its task's cancellation token.</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public AsyncResult<List<TResult>> MapAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int? chunksize = null,
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
+        CancellationToken cancellationToken = default) =>
+        MapAsync(WithToken(func), iterable, chunksize, callback, errorCallback, progress, taskTimeout, cancellationToken);
+
     /// <summary>Map over tuples, unpacking each into the function's arguments (Python's <c>starmap</c>).</summary>
     /// <exception cref="RemoteException">A task threw.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public List<TResult> StarMap<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Map(Star(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
     /// <summary>Map over 3-tuples, unpacking each into the function's arguments (Python's <c>starmap</c>).</summary>
     /// <exception cref="RemoteException">A task threw.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public List<TResult> StarMap<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Map(Star(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
@@ -146,14 +190,16 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary>Starts a <see cref="StarMap{T1, T2, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public AsyncResult<List<TResult>> StarMapAsync<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null,
-        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null) =>
-        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress, taskTimeout);
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
+        CancellationToken cancellationToken = default) =>
+        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress, taskTimeout, cancellationToken);
 
     /// <summary>Starts a <see cref="StarMap{T1, T2, T3, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public AsyncResult<List<TResult>> StarMapAsync<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null,
-        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null) =>
-        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress, taskTimeout);
+        Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
+        CancellationToken cancellationToken = default) =>
+        MapAsync(Star(func), iterable, chunksize, callback, errorCallback, progress, taskTimeout, cancellationToken);
 
     /// <summary>Lazy, ordered map (Python's <c>imap</c>): results arrive in input order as the consumer asks for them. The
     /// input is read lazily, at most <see cref="PoolOptions.MaxReadAhead"/> items ahead, so an endless sequence works.</summary>
@@ -162,11 +208,20 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <param name="chunksize">Items per task (default 1, as Python).</param>
     /// <param name="progress">Receives (done, total) on the result thread.</param>
     /// <param name="taskTimeout">How long one task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
+    /// <param name="cancellationToken">Cancels the call: the next step of the enumeration throws
+    /// <see cref="OperationCanceledException"/>, tasks that have not started are dropped, running ones see
+    /// <see cref="CurrentTaskCancellationToken"/> and are killed after the grace period.</param>
     /// <returns>The results; a failed item throws its <see cref="RemoteException"/> when reached.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
-    public IEnumerable<TResult> IMap<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null) =>
-        Stream(func, iterable, chunksize, ordered: true, progress, taskTimeout);
+    public IEnumerable<TResult> IMap<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Stream(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
+
+    /// <summary><see cref="IMap{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// with a function that takes its task's cancellation token.</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public IEnumerable<TResult> IMap<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Stream(WithToken(func), iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
     /// <summary>Lazy map in completion order (Python's <c>imap_unordered</c>).</summary>
     /// <param name="func">The function.</param>
@@ -174,64 +229,115 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <param name="chunksize">Items per task (default 1).</param>
     /// <param name="progress">Receives (done, total) on the result thread.</param>
     /// <param name="taskTimeout">How long one task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
+    /// <param name="cancellationToken">Cancels the call, as for <see cref="IMap{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>.</param>
     /// <returns>The results as they complete.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
-    public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null) =>
-        Stream(func, iterable, chunksize, ordered: false, progress, taskTimeout);
+    public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Stream(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
-    /// <summary><see cref="IMap{T, TResult}"/> as an async stream: waiting for results blocks no thread.</summary>
+    /// <summary><see cref="IMapUnordered{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// with a function that takes its task's cancellation token.</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Stream(WithToken(func), iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
+
+    /// <summary><see cref="IMap{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// as an async stream: waiting for results blocks no thread. <paramref name="cancellationToken"/>, and a token
+    /// given to <c>WithCancellation</c>, cancel the call.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         StreamAsync(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
-    /// <summary><see cref="IMapUnordered{T, TResult}"/> as an async stream.</summary>
+    /// <summary><see cref="IMapAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// with a function that takes its task's cancellation token.</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        StreamAsync(WithToken(func), iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
+
+    /// <summary><see cref="IMapUnordered{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// as an async stream; <paramref name="cancellationToken"/> and <c>WithCancellation</c> cancel the call.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         StreamAsync(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
+    /// <summary><see cref="IMapUnorderedAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
+    /// with a function that takes its task's cancellation token.</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        StreamAsync(WithToken(func), iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
+
     /// <summary>Runs <paramref name="func"/> in one worker and returns its result (Python's <c>apply</c>).</summary>
     /// <param name="func">The function, usually a lambda carrying its arguments: <c>pool.Apply(() =&gt; F(20))</c>.</param>
     /// <param name="taskTimeout">How long the task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
-    /// <param name="cancellationToken">Stops waiting (the task keeps running).</param>
+    /// <param name="cancellationToken">Cancels the task: dropped if it has not started, else it sees
+    /// <see cref="CurrentTaskCancellationToken"/> and is killed after the grace period.</param>
     /// <returns>The result.</returns>
     /// <exception cref="RemoteException">The task threw.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    public TResult Apply<TResult>(Func<TResult> func, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) => Wait(ApplyAsync(func, taskTimeout: taskTimeout), cancellationToken);
+    public TResult Apply<TResult>(Func<TResult> func, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        ApplyAsync(func, taskTimeout: taskTimeout, cancellationToken: cancellationToken).Get();
 
-    /// <summary>Runs <paramref name="func"/> in one worker and returns its result, waiting until
-    /// <paramref name="cancellationToken"/> is cancelled at most.</summary>
+    /// <summary>Runs <paramref name="func"/> in one worker and returns its result; <paramref name="cancellationToken"/>
+    /// cancels the task.</summary>
     /// <param name="func">The function.</param>
-    /// <param name="cancellationToken">Stops waiting (the task keeps running).</param>
+    /// <param name="cancellationToken">Cancels the task.</param>
     /// <returns>The result.</returns>
     /// <exception cref="RemoteException">The task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     public TResult Apply<TResult>(Func<TResult> func, CancellationToken cancellationToken) => Apply(func, null, cancellationToken);
 
+    /// <summary><see cref="Apply{TResult}(Func{TResult}, TimeSpan?, CancellationToken)"/> with a function that takes
+    /// its task's cancellation token.</summary>
+    /// <exception cref="RemoteException">The task threw.</exception>
+    /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public TResult Apply<TResult>(Func<CancellationToken, TResult> func, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
+        Apply(WithToken(func), taskTimeout, cancellationToken);
+
     /// <summary>Starts <paramref name="func"/> in one worker and returns at once (Python's <c>apply_async</c>).</summary>
     /// <param name="func">The function.</param>
     /// <param name="callback">Runs on the result thread with the result, before the result is ready.</param>
-    /// <param name="errorCallback">Runs on the result thread with the failure.</param>
+    /// <param name="errorCallback">Runs on the result thread with the failure (or the cancellation).</param>
     /// <param name="taskTimeout">How long the task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
+    /// <param name="cancellationToken">Cancels the task: the result is cancelled at once; the task is dropped if it
+    /// has not started, else it sees <see cref="CurrentTaskCancellationToken"/> and is killed after the grace period.</param>
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
-    public AsyncResult<TResult> ApplyAsync<TResult>(Func<TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null)
+    public AsyncResult<TResult> ApplyAsync<TResult>(Func<TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null,
+        CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(func);
         var function = DelegateSerializer.Serialize(func);
         var result = new AsyncResult<TResult>();
+        ApplyCall<TResult> call;
         lock (_gate)
         {
             ThrowIfNotRunning();
-            var call = new ApplyCall<TResult>(this, NextCallId(), NextCallId(), function, result, callback, errorCallback);
-            Admit(call, taskTimeout);
+            call = new ApplyCall<TResult>(this, NextCallId(), NextCallId(), function, result, callback, errorCallback);
+            if (cancellationToken.IsCancellationRequested)
+            {
+                call.Cancel(Cancelled(cancellationToken));
+                return result;
+            }
+
+            Admit(call, taskTimeout, cancellationToken);
             Enqueue(call, 0);
             Pump();
         }
 
+        Watch(call, cancellationToken);
         return result;
     }
+
+    /// <summary><see cref="ApplyAsync{TResult}(Func{TResult}, Action{TResult}?, Action{Exception}?, TimeSpan?, CancellationToken)"/>
+    /// with a function that takes its task's cancellation token.</summary>
+    /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    public AsyncResult<TResult> ApplyAsync<TResult>(Func<CancellationToken, TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null,
+        CancellationToken cancellationToken = default) =>
+        ApplyAsync(WithToken(func), callback, errorCallback, taskTimeout, cancellationToken);
 
     /// <summary>What each worker slot has done so far.</summary>
     /// <returns>One entry per slot.</returns>
@@ -281,7 +387,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             _state = State.Terminated;
             _watchdog?.Dispose();
             _watchdog = null;
+            _watching = false;
             _timedCalls = 0;
+            _cancelledCalls = 0;
             calls = [.. _calls];
             _calls.Clear();
             _pending.Clear();
@@ -292,7 +400,14 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             }
 
             var error = new PoolTerminatedException();
-            foreach (var call in calls) call.Abort(error);
+            foreach (var call in calls)
+            {
+                call.Registration.Unregister();
+
+                // A cancelled call has reported its cancellation already.
+                if (!call.Cancelled) call.Abort(error);
+            }
+
             CompleteIfAllExited();
         }
     }
@@ -359,20 +474,31 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         return args => func(args.Item1, args.Item2, args.Item3);
     }
 
-    private static T Wait<T>(AsyncResult<T> result, CancellationToken cancellationToken)
+    /// <summary>The function that <see cref="CurrentTaskCancellationToken"/> is passed to, as a plain function.</summary>
+    private static Func<T, TResult> WithToken<T, TResult>(Func<T, CancellationToken, TResult> func)
     {
-        if (cancellationToken.CanBeCanceled) result.AsTask().Wait(cancellationToken);
-        return result.Get();
+        ArgumentNullException.ThrowIfNull(func);
+        return item => func(item, PoolWorker.CurrentToken);
     }
 
-    private IEnumerable<TResult> Stream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout)
+    private static Func<TResult> WithToken<TResult>(Func<CancellationToken, TResult> func)
     {
-        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress, taskTimeout);
-        return Iterate(call, source);
+        ArgumentNullException.ThrowIfNull(func);
+        return () => func(PoolWorker.CurrentToken);
     }
 
-    private static IEnumerable<TResult> Iterate<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source) =>
-        new StreamResults<T, TResult>(call, source);
+    private static OperationCanceledException Cancelled(CancellationToken cancellationToken) =>
+        new("The call was cancelled: its tasks that had not started were dropped, and running ones were asked to stop.", cancellationToken);
+
+    // IMap and the rest check their arguments and open the call when called, not at the first MoveNext.
+    private StreamResults<T, TResult> Stream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout, CancellationToken cancellationToken)
+    {
+        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress, taskTimeout, cancellationToken);
+        return new StreamResults<T, TResult>(call, source, cancellationToken);
+    }
+
+    private StreamResults<T, TResult> StreamAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout, CancellationToken cancellationToken) =>
+        Stream(func, iterable, chunksize, ordered, progress, taskTimeout, cancellationToken);
 
     /// <summary>Tops up the input, then takes the next chunk of outcomes: false when the stream is over, true with
     /// null when the caller must wait for <see cref="StreamCall{T, TResult}.Signal"/>.</summary>
@@ -386,29 +512,23 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    private IAsyncEnumerable<TResult> StreamAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout, CancellationToken cancellationToken)
-    {
-        var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress, taskTimeout);
-        return IterateAsync(call, source, cancellationToken);
-    }
-
-    private static IAsyncEnumerable<TResult> IterateAsync<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, CancellationToken cancellationToken) =>
-        new StreamResults<T, TResult>(call, source, cancellationToken);
-
-    private (StreamCall<T, TResult> Call, IEnumerator<T> Source) OpenStream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout)
+    private (StreamCall<T, TResult> Call, IEnumerator<T> Source) OpenStream<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout, CancellationToken cancellationToken)
     {
         ArgumentNullException.ThrowIfNull(func);
         ArgumentNullException.ThrowIfNull(iterable);
         if (chunksize < 1) throw new ArgumentOutOfRangeException(nameof(chunksize), chunksize, "Chunksize must be 1 or more.");
         var function = DelegateSerializer.Serialize(func);
         long? total = iterable.TryGetNonEnumeratedCount(out int count) ? count : null;
+        StreamCall<T, TResult> call;
         lock (_gate)
         {
             ThrowIfNotRunning();
-            var call = new StreamCall<T, TResult>(this, NextCallId(), NextCallId(), function, chunksize, ordered, total, progress);
-            Admit(call, taskTimeout);
-            return (call, iterable.GetEnumerator());
+            call = new StreamCall<T, TResult>(this, NextCallId(), NextCallId(), function, chunksize, ordered, total, progress);
+            Admit(call, taskTimeout, cancellationToken);
         }
+
+        Watch(call, cancellationToken);
+        return (call, iterable.GetEnumerator());
     }
 
     /// <summary>Pulls from the source on the consumer's thread while the read-ahead allows, and queues the chunks.</summary>
@@ -438,12 +558,10 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
             lock (_gate)
             {
+                // The call may have been cancelled (from another thread) or the pool terminated while this pulled.
+                if (_state == State.Terminated || call.Cancelled) return;
                 if (!more) call.SourceDone = true;
-                if (_state != State.Terminated)
-                {
-                    foreach (var items in batch) Enqueue(call, call.Add(items));
-                }
-
+                foreach (var items in batch) Enqueue(call, call.Add(items));
                 Pump();
                 if (!more) return;
             }
@@ -455,47 +573,123 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         source.Dispose();
         lock (_gate)
         {
-            call.Abandon();
-
             // A consumer that stopped early abandons its queued chunks; running ones finish and are dropped.
-            for (var node = _pending.First; node is not null;)
-            {
-                var next = node.Next;
-                if (node.Value.Call == call)
-                {
-                    _pending.Remove(node);
-                    call.Outstanding--;
-                }
-
-                node = next;
-            }
-
+            call.Abandon();
+            DropQueued(call);
             if (call.Finished) Retire(call);
         }
     }
 
+    private void DropQueued(PoolCall call)
+    {
+        for (var node = _pending.First; node is not null;)
+        {
+            var next = node.Next;
+            if (node.Value.Call == call)
+            {
+                _pending.Remove(node);
+                call.Outstanding--;
+            }
+
+            node = next;
+        }
+    }
+
     /// <summary>Registers a new call, with its time limit (its own, else the pool's).</summary>
-    private void Admit(PoolCall call, TimeSpan? taskTimeout)
+    private void Admit(PoolCall call, TimeSpan? taskTimeout, CancellationToken cancellationToken)
     {
         if (taskTimeout is { } own && own <= TimeSpan.Zero) throw new ArgumentOutOfRangeException(nameof(taskTimeout), own, "taskTimeout must be positive, or null for the pool's default.");
         var limit = taskTimeout ?? _options.TaskTimeout;
         _calls.Add(call);
+        call.Cancellable = cancellationToken.CanBeCanceled;
         if (limit is not { } t) return;
         call.Timeout = t;
         call.TimeoutTicks = Math.Max(1, (long)(t.TotalSeconds * System.Diagnostics.Stopwatch.Frequency));
-        if (_timedCalls++ == 0)
+        _timedCalls++;
+        UpdateWatchdog();
+    }
+
+    /// <summary>Cancels <paramref name="call"/> when <paramref name="cancellationToken"/> is; the registration ends
+    /// with the call.</summary>
+    /// <returns>The registration, for a caller that outlives the call's own (a stream's enumerator).</returns>
+    internal CancellationTokenRegistration Watch(PoolCall call, CancellationToken cancellationToken)
+    {
+        if (!cancellationToken.CanBeCanceled) return default;
+
+        // Registered outside the lock: a token cancelled meanwhile runs the callback here, at once.
+        var registration = cancellationToken.UnsafeRegister(static (state, token) =>
         {
-            _watchdog ??= new Timer(static state => ((ProcessPool)state!).KillOverdue(), this, Timeout.Infinite, Timeout.Infinite);
-            _watchdog.Change(WatchdogPeriodMs, WatchdogPeriodMs);
+            var call = (PoolCall)state!;
+            call.Pool.Cancel(call, token);
+        }, call);
+        lock (_gate)
+        {
+            if (!_calls.Contains(call))
+            {
+                registration.Unregister();
+            }
+            else
+            {
+                // A stream's enumerator token arrives after the call opened, still before its first chunk is sent.
+                call.Cancellable = true;
+                if (call.Registration == default) call.Registration = registration;
+            }
+        }
+
+        return registration;
+    }
+
+    /// <summary>Cancels a call: its queued chunks go, its result fails with <see cref="OperationCanceledException"/>
+    /// now, and the workers that hold its chunks are told (they skip those not started, and the running task's
+    /// token is cancelled). The watchdog kills a worker whose task outlives the grace period.</summary>
+    private void Cancel(PoolCall call, CancellationToken cancellationToken)
+    {
+        lock (_gate)
+        {
+            // A call that is over (or a terminated pool's) has nothing left to cancel.
+            if (call.Cancelled || !_calls.Contains(call)) return;
+            call.Cancelled = true;
+            _cancelledCalls++;
+            DropQueued(call);
+            call.Cancel(Cancelled(cancellationToken));
+            if (call.Finished)
+            {
+                Retire(call);
+                return;
+            }
+
+            foreach (var worker in _workers)
+            {
+                if (worker.InFlight.Any(held => held.Call == call)) worker.Board.Cancel(call.FuncId);
+            }
+
+            UpdateWatchdog();
+            StopCancelled(System.Diagnostics.Stopwatch.GetTimestamp());
         }
     }
 
     private const int WatchdogPeriodMs = 10;
     private Timer? _watchdog;
+    private bool _watching;
     private int _timedCalls;
 
+    /// <summary>Cancelled calls with chunks still held by workers.</summary>
+    private int _cancelledCalls;
+
+    /// <summary>Runs the watchdog while a call has a time limit or a cancelled call has chunks in workers.</summary>
+    private void UpdateWatchdog()
+    {
+        bool needed = _state != State.Terminated && (_timedCalls > 0 || _cancelledCalls > 0);
+        if (needed == _watching) return;
+        _watching = needed;
+        _watchdog ??= new Timer(static state => ((ProcessPool)state!).KillOverdue(), this, Timeout.Infinite, Timeout.Infinite);
+        if (needed) _watchdog.Change(WatchdogPeriodMs, WatchdogPeriodMs);
+        else _watchdog.Change(Timeout.Infinite, Timeout.Infinite);
+    }
+
     /// <summary>Kills every worker whose running chunk is past its time limit; the chunk then fails with
-    /// <see cref="TimeoutException"/> and the worker is replaced, like any lost worker.</summary>
+    /// <see cref="TimeoutException"/> and the worker is replaced, like any lost worker. Then stops the tasks of
+    /// cancelled calls.</summary>
     private void KillOverdue()
     {
         lock (_gate)
@@ -509,6 +703,38 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                     $"a task ran past its time limit of {head.Call.Timeout}; its worker (pid {worker.Process.Pid}) was killed and is being replaced");
                 worker.Process.Kill();
             }
+
+            if (_cancelledCalls > 0) StopCancelled(now);
+        }
+    }
+
+    /// <summary>For each worker running a chunk of a cancelled call: tells it (again, once per chunk: the board's
+    /// ring of cancellations may have moved on) and starts the grace period; kills it when that is over.</summary>
+    private void StopCancelled(long now)
+    {
+        var grace = _options.CancellationGracePeriod;
+        foreach (var worker in _workers)
+        {
+            if (worker.KillReason is not null || worker.InFlight.Count == 0) continue;
+
+            // The board, not the oldest unanswered chunk, says what runs: answers wait up to a millisecond, and a
+            // long task of another call may already run behind a finished one.
+            long running = worker.Board.Running;
+            long index = running - worker.Answered - 1;
+            if (running == 0 || index < 0 || index >= worker.InFlight.Count) continue;
+            var chunk = worker.InFlight.ElementAt((int)index);
+            if (!chunk.Call.Cancelled) continue;
+            if (worker.CancelledChunk != running)
+            {
+                worker.CancelledChunk = running;
+                worker.CancelDeadline = grace == Timeout.InfiniteTimeSpan ? long.MaxValue : now + (long)(grace.TotalSeconds * System.Diagnostics.Stopwatch.Frequency);
+                worker.Board.Cancel(chunk.Call.FuncId);
+            }
+
+            if (now < worker.CancelDeadline) continue;
+            worker.KillReason = new OperationCanceledException(
+                $"a cancelled task did not stop within the grace period of {grace}; its worker (pid {worker.Process.Pid}) was killed and is being replaced");
+            worker.Process.Kill();
         }
     }
 
@@ -555,7 +781,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             try
             {
                 int run = output.BeginFrame(PoolProtocol.Run);
-                output.Byte(call.TimeoutTicks > 0 ? (byte)1 : (byte)0);
+                output.Byte((byte)((call.TimeoutTicks > 0 ? PoolProtocol.Timed : 0) | (call.Cancellable ? PoolProtocol.Cancellable : 0)));
                 output.Int32(call.Id);
                 output.Int32(chunk);
                 output.Int32(call.FuncId);
@@ -697,9 +923,12 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 if (!worker.InFlight.TryDequeue(out var head) || head.Call.Id != callId || head.Chunk != chunk)
                     throw new InvalidDataException($"worker answered call {callId} chunk {chunk} out of order");
                 worker.HeadStarted = worker.LastProgress;
+                worker.Answered++;
                 var call = head.Call;
                 call.Outstanding--;
-                call.Complete(chunk, reader);
+
+                // A cancelled call has failed already; its late answers only count.
+                if (!call.Cancelled) call.Complete(chunk, reader);
                 if (call.Finished) Retire(call);
                 break;
             case PoolProtocol.Stats:
@@ -723,7 +952,10 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     private void Retire(PoolCall call)
     {
         if (!_calls.Remove(call)) return;
-        if (call.TimeoutTicks > 0 && --_timedCalls == 0) _watchdog?.Change(Timeout.Infinite, Timeout.Infinite);
+        call.Registration.Unregister();
+        if (call.TimeoutTicks > 0) _timedCalls--;
+        if (call.Cancelled) _cancelledCalls--;
+        UpdateWatchdog();
         foreach (var worker in _workers)
         {
             if (!worker.Defined.Remove(call.FuncId)) continue;
@@ -741,17 +973,24 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         _totals[worker.Index] = new SlotTotals(totals.Tasks + worker.Tasks, totals.Busy + worker.BusyTicks, totals.Idle + worker.IdleTicks, totals.Serialize + worker.SerializeTicks);
         if (_slots[worker.Index] == worker) _slots[worker.Index] = null;
 
+        if (worker.InFlight.Count > 0 && _state != State.Terminated) RecoverUnsent(worker);
         if (worker.InFlight.Count > 0)
         {
-            // In-order execution: the oldest unanswered chunk is the one that was running when the worker died.
-            // The others never started; they run elsewhere, exactly once, ahead of newer work.
+            // In-order execution: once the answers kept on the board are in, the oldest unanswered chunk is the one
+            // that was running when the worker died. The others never started; they run elsewhere, exactly once,
+            // ahead of newer work. A worker that died between chunks (loading a call's function, say) is charged
+            // to its oldest chunk all the same, so that a chunk that kills every worker it reaches cannot go
+            // through replacements forever.
             var running = worker.InFlight.Dequeue();
             running.Call.Outstanding--;
-            running.Call.Fail(running.Chunk, worker.KillReason ?? new WorkerLostException(worker.Process.Pid!.Value, worker.Process.ExitCode ?? -1));
+            if (!running.Call.Cancelled)
+                running.Call.Fail(running.Chunk, worker.KillReason ?? new WorkerLostException(worker.Process.Pid!.Value, worker.Process.ExitCode ?? -1));
             if (running.Call.Finished) Retire(running.Call);
             foreach (var queued in worker.InFlight.Reverse()) _pending.AddFirst(queued);
             worker.InFlight.Clear();
         }
+
+        worker.Board.Dispose();
 
         if (_state != State.Terminated && _slots[worker.Index] is null && (_state == State.Running || _pending.Count > 0 || _calls.Count > 0))
         {
@@ -763,13 +1002,55 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         CompleteIfAllExited();
     }
 
+    /// <summary>After a worker's death, handles the answers it had kept on its board and perhaps not sent. Those
+    /// that did arrive (it died while sending) come first on the board and are skipped.</summary>
+    private void RecoverUnsent(WorkerHandle worker)
+    {
+        var unsent = worker.Board.UnsentAnswers();
+        if (unsent.Length == 0) return;
+        var frames = new List<(int Offset, int Length)>();
+        var reader = new WireReader(ReadOnlyMemory<byte>.Empty);
+        bool caughtUp = false;
+        try
+        {
+            PoolProtocol.CompleteFrames(unsent, frames);
+            foreach (var (offset, length) in frames)
+            {
+                if (!worker.InFlight.TryPeek(out var head)) break;
+
+                // A Result frame: [op][call][chunk]...
+                var body = unsent.AsSpan(offset, length);
+                if (!caughtUp && (head.Call.Id != System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(body[1..])
+                    || head.Chunk != System.Buffers.Binary.BinaryPrimitives.ReadInt32LittleEndian(body[5..]))) continue;
+                caughtUp = true;
+                reader.Reset(unsent.AsMemory(offset, length));
+                Handle(worker, reader);
+            }
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: the answers it kept but had not sent could not be read; the oldest unanswered task is charged with its death", worker.Process.Pid);
+        }
+    }
+
     private void StartWorker(int index)
     {
         var environment = _options.WorkerEnvironment?.Invoke(index);
         var initializer = _initializer;
-        var process = new ChildProcess(() => PoolWorker.Run(initializer), $"SpawnPoolWorker-{Interlocked.Increment(ref _workerCounter)}", daemon: true, environment, ownsChannel: true);
-        process.Start();
-        var worker = new WorkerHandle(index, process);
+        var board = WorkerBoard.Create();
+        ChildProcess process;
+        try
+        {
+            process = new ChildProcess(() => PoolWorker.Run(initializer, board), $"SpawnPoolWorker-{Interlocked.Increment(ref _workerCounter)}", daemon: true, environment, ownsChannel: true);
+            process.Start();
+        }
+        catch
+        {
+            board.Dispose();
+            throw;
+        }
+
+        var worker = new WorkerHandle(index, process, board);
         _workers.Add(worker);
         _slots[index] = worker;
         _ = ReadLoopAsync(worker);

@@ -6,13 +6,25 @@ namespace Multiprocessing.Pool;
 
 /// <summary>The parent's side of one worker process: its socket, its outgoing buffer, the chunks it holds, in the
 /// order it will answer them, and what it reported about itself. Guarded by the pool's lock.</summary>
-internal sealed class WorkerHandle(int index, ChildProcess process)
+internal sealed class WorkerHandle(int index, ChildProcess process, WorkerBoard board)
 {
     internal int Index { get; } = index;
 
     internal ChildProcess Process { get; } = process;
 
     internal Socket Socket { get; } = process.Channel;
+
+    /// <summary>What the worker says about its running chunk and unsent answers; the pool posts cancellations.</summary>
+    internal WorkerBoard Board { get; } = board;
+
+    /// <summary>Answers read so far: the chunk the worker numbers n (from 1) is InFlight[n - Answered - 1].</summary>
+    internal long Answered { get; set; }
+
+    /// <summary>The running chunk of a cancelled call that the worker was told about, and when its grace period
+    /// ends (Stopwatch ticks).</summary>
+    internal long CancelledChunk { get; set; }
+
+    internal long CancelDeadline { get; set; }
 
     /// <summary>Frames waiting to be sent; swapped with <see cref="Sending"/> by the send loop.</summary>
     internal WireWriter Pending { get; set; } = new(4096);
