@@ -163,7 +163,7 @@ internal static class Compare
         return double.NaN;
     }
 
-    private static JsonElement RunPython(string name, string[] args)
+    internal static JsonElement RunPython(string name, string[] args)
     {
         var script = Path.Combine(AppContext.BaseDirectory, "python", name);
         var start = new ProcessStartInfo("python3") { RedirectStandardOutput = true };
