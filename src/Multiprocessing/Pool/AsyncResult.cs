@@ -17,6 +17,9 @@ public sealed class AsyncResult<T>
     // Sync waiters wake on this directly: a Task.Wait would hop through the thread pool first.
     private readonly ManualResetEventSlim _done = new(false);
 
+    /// <summary>Why the call was cancelled: a cancelled task carries no exception of its own.</summary>
+    private OperationCanceledException? _canceled;
+
     internal AsyncResult()
     {
     }
@@ -80,8 +83,6 @@ public sealed class AsyncResult<T>
         Volatile.Write(ref _canceled, error);
         if (_completion.TrySetCanceled(error.CancellationToken)) _done.Set();
     }
-
-    private OperationCanceledException? _canceled;
 
     private Exception Failure()
     {

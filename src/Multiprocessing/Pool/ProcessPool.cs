@@ -247,25 +247,25 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// given to <c>WithCancellation</c>, cancel the call.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
-        StreamAsync(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
+        Stream(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
-        StreamAsync(WithToken(func), iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
+        Stream(WithToken(func), iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapUnordered{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// as an async stream; <paramref name="cancellationToken"/> and <c>WithCancellation</c> cancel the call.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
-        StreamAsync(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
+        Stream(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapUnorderedAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
-        StreamAsync(WithToken(func), iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
+        Stream(WithToken(func), iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
     /// <summary>Runs <paramref name="func"/> in one worker and returns its result (Python's <c>apply</c>).</summary>
     /// <param name="func">The function, usually a lambda carrying its arguments: <c>pool.Apply(() =&gt; F(20))</c>.</param>
@@ -496,9 +496,6 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         var (call, source) = OpenStream(func, iterable, chunksize, ordered, progress, taskTimeout, cancellationToken);
         return new StreamResults<T, TResult>(call, source, cancellationToken);
     }
-
-    private StreamResults<T, TResult> StreamAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize, bool ordered, IProgress<MapProgress>? progress, TimeSpan? taskTimeout, CancellationToken cancellationToken) =>
-        Stream(func, iterable, chunksize, ordered, progress, taskTimeout, cancellationToken);
 
     /// <summary>Tops up the input, then takes the next chunk of outcomes: false when the stream is over, true with
     /// null when the caller must wait for <see cref="StreamCall{T, TResult}.Signal"/>.</summary>

@@ -54,7 +54,8 @@ internal sealed unsafe class WorkerBoard : IProcessShared, IDisposable
 
     internal static WorkerBoard ReadHandle(WireReader reader) => new(SharedSegment.Read(reader));
 
-    void IProcessShared.WriteHandle(WireWriter writer) => _segment.Write(writer);
+    // The pool holds the board until its worker is gone: nothing to keep after sending.
+    void IProcessShared.WriteHandle(WireWriter writer) => _segment.Write(writer, keepForReceiver: false);
 
     // The worker's side.
 

@@ -73,11 +73,14 @@ internal sealed unsafe class SharedSegment
         }
     }
 
-    internal void Write(WireWriter writer)
+    /// <param name="writer">Where the handle goes.</param>
+    /// <param name="keepForReceiver">Hold the segment a while after sending (see <see cref="KeepForReceiver"/>);
+    /// false for an owner that keeps it open until the receiver is gone anyway.</param>
+    internal void Write(WireWriter writer, bool keepForReceiver = true)
     {
         int fd = Volatile.Read(ref _fd);
         if (fd < 0) throw new ObjectDisposedException(nameof(SharedSegment), "a disposed shared object cannot be sent to another process");
-        KeepForReceiver();
+        if (keepForReceiver) KeepForReceiver();
         writer.Int32(Environment.ProcessId);
         writer.Int32(fd);
         writer.Int64(Inode);
