@@ -394,8 +394,15 @@ public sealed class ManagerTests : ProcessTest
         var d = m.Dict<int, int>();
         var q = m.Queue<int>();
         d[1] = 1;
-        var getting = Task.Run(() => q.Get());
-        Assert.True(Wait.Until(() => getting.IsCompleted || m.GetObjectCount() == 2, Guard));
+        var asking = m.Event();
+        var getting = Task.Run(() =>
+        {
+            asking.Set();
+            return q.Get();
+        });
+
+        // The getter's next request is its Get; whether the kill lands before or during it, it must fail fast.
+        Assert.True(asking.Wait(Guard));
         System.Diagnostics.Process.GetProcessById(m.Pid!.Value).Kill();
         var blocked = Assert.ThrowsAny<Exception>(() => getting.Wait(Guard));
         Assert.IsType<ManagerUnavailableException>(blocked.InnerException);

@@ -82,6 +82,12 @@ internal sealed class ManagerClient : IDisposable
         FlushDecrefs();
         var writer = t_writer ??= new WireWriter(256);
         writer.Reset();
+        return Header(writer, id, method);
+    }
+
+    /// <summary>Every request starts so: object id, method, calling thread.</summary>
+    internal static WireWriter Header(WireWriter writer, long id, string method)
+    {
         writer.Int64(id);
         writer.String(method);
         writer.Int32(Environment.CurrentManagedThreadId);
@@ -166,10 +172,7 @@ internal sealed class ManagerClient : IDisposable
         var ids = new List<long>();
         while (_pendingDecrefs.TryDequeue(out long id)) ids.Add(id);
         if (ids.Count == 0) return;
-        var writer = new WireWriter(16 + 8 * ids.Count);
-        writer.Int64(0);
-        writer.String(ManagerOps.Decref);
-        writer.Int32(Environment.CurrentManagedThreadId);
+        var writer = Header(new WireWriter(32 + 8 * ids.Count), 0, ManagerOps.Decref);
         writer.Int32(ids.Count);
         foreach (long id in ids) writer.Int64(id);
         try
@@ -200,8 +203,6 @@ internal sealed class ManagerClient : IDisposable
         Send(request);
         Adopt(id);
     }
-
-    internal bool IsGone => _gone is not null;
 
     /// <summary>Marks the server gone (its owner shut it down): later calls fail at once.</summary>
     internal void MarkGone(string why) => _gone ??= why;
@@ -255,10 +256,7 @@ internal sealed class ManagerClient : IDisposable
         _connectedOnce = true;
         var link = new Link(connection);
         _all[link] = 0;
-        var hello = new WireWriter(64);
-        hello.Int64(0);
-        hello.String(ManagerOps.Hello);
-        hello.Int32(Environment.CurrentManagedThreadId);
+        var hello = Header(new WireWriter(64), 0, ManagerOps.Hello);
         hello.Raw(_session.ToByteArray());
         hello.Int32(Environment.ProcessId);
         try
@@ -345,10 +343,7 @@ internal sealed class Link(Connection<byte[]> socket) : IDisposable
     {
         var requests = Queues.QueueRing.Create(0, RingCapacity, "manager-requests");
         var replies = Queues.QueueRing.Create(0, RingCapacity, "manager-replies");
-        var writer = new WireWriter(128);
-        writer.Int64(0);
-        writer.String(ManagerOps.Rings);
-        writer.Int32(Environment.CurrentManagedThreadId);
+        var writer = ManagerClient.Header(new WireWriter(128), 0, ManagerOps.Rings);
         requests.Segment.Write(writer);
         replies.Segment.Write(writer);
         var reply = new WireReader(Exchange(writer.WrittenSpan));

@@ -250,6 +250,10 @@ internal sealed class ManagerServer
         }
 
         var current = context.Session ?? throw new ManagerFault(Fault.InvalidOperation, "a connection must say hello first");
+
+        // Every manager-level request looks at the leases, not only a new lease: an unclaimed one must end even
+        // when nobody writes another handle.
+        lock (_gate) ExpireLeases();
         switch (method)
         {
             case ManagerOps.Create:
@@ -283,7 +287,6 @@ internal sealed class ManagerServer
                     Incref(id);
                     long token = ++_nextLease;
                     _leases[token] = (id, Environment.TickCount64 + (long)LeaseLifetime.TotalMilliseconds);
-                    ExpireLeases();
                     reply.Int64(token);
                 }
 

@@ -35,17 +35,8 @@ internal abstract class ValueCodecs
 
     internal Slot Encode<T>(T value, ManagerClient? client)
     {
-        var (previousClient, previousRefs) = (t_storeClient, t_storeRefs);
-        (t_storeClient, t_storeRefs) = (client, null);
-        try
-        {
-            var data = EncodeCore(value);
-            return new Slot(data, t_storeRefs is { Count: > 0 } refs ? [.. refs] : null);
-        }
-        finally
-        {
-            (t_storeClient, t_storeRefs) = (previousClient, previousRefs);
-        }
+        using var scope = new StoreScope(client);
+        return scope.Finish(EncodeCore(value));
     }
 
     /// <summary>A dictionary key: its bytes are its identity, so it cannot hold a proxy.</summary>
@@ -58,45 +49,52 @@ internal abstract class ValueCodecs
 
     internal T Decode<T>(ReadOnlyMemory<byte> data, ManagerClient? client)
     {
-        var previous = t_loadClient;
-        t_loadClient = client;
-        try
-        {
-            return DecodeCore<T>(data);
-        }
-        finally
-        {
-            t_loadClient = previous;
-        }
+        using var scope = new LoadScope(client);
+        return DecodeCore<T>(data);
     }
 
     internal Slot Encode(Type type, object? value, ManagerClient? client)
     {
-        var (previousClient, previousRefs) = (t_storeClient, t_storeRefs);
-        (t_storeClient, t_storeRefs) = (client, null);
-        try
-        {
-            var data = EncodeCore(type, value);
-            return new Slot(data, t_storeRefs is { Count: > 0 } refs ? [.. refs] : null);
-        }
-        finally
-        {
-            (t_storeClient, t_storeRefs) = (previousClient, previousRefs);
-        }
+        using var scope = new StoreScope(client);
+        return scope.Finish(EncodeCore(type, value));
     }
 
     internal object? Decode(Type type, ReadOnlyMemory<byte> data, ManagerClient? client)
     {
-        var previous = t_loadClient;
-        t_loadClient = client;
-        try
+        using var scope = new LoadScope(client);
+        return DecodeCore(type, data);
+    }
+
+    /// <summary>While a value is encoded for a container of <c>client</c>: proxies inside it are recorded.
+    /// Nests (a value of one manager encoded while another's is).</summary>
+    private readonly ref struct StoreScope
+    {
+        private readonly ManagerClient? _previousClient;
+        private readonly List<long>? _previousRefs;
+
+        internal StoreScope(ManagerClient? client)
         {
-            return DecodeCore(type, data);
+            (_previousClient, _previousRefs) = (t_storeClient, t_storeRefs);
+            (t_storeClient, t_storeRefs) = (client, null);
         }
-        finally
+
+        internal Slot Finish(byte[] data) => new(data, t_storeRefs is { Count: > 0 } refs ? [.. refs] : null);
+
+        public void Dispose() => (t_storeClient, t_storeRefs) = (_previousClient, _previousRefs);
+    }
+
+    /// <summary>While a reply of <c>client</c> is decoded: proxy ids become its proxies.</summary>
+    private readonly ref struct LoadScope
+    {
+        private readonly ManagerClient? _previous;
+
+        internal LoadScope(ManagerClient? client)
         {
-            t_loadClient = previous;
+            _previous = t_loadClient;
+            t_loadClient = client;
         }
+
+        public void Dispose() => t_loadClient = _previous;
     }
 
     protected abstract byte[] EncodeCore<T>(T value);
