@@ -70,6 +70,32 @@ public sealed class PoolCancellationTests : ProcessTest
         Assert.Equal(runs.ToArray(), stopped.ToArray());
     }
 
+    [Fact]
+    public void Cancelling_one_ApplyAsync_leaves_the_other_calls_of_the_same_lambda_alone()
+    {
+        using var runs = Mp.RawArray<int>(3);
+        using var stopped = Mp.RawArray<int>(3);
+        using var pool = Mp.Pool(processes: 1, options: new PoolOptions { CancellationGracePeriod = Guard });
+        using var cts = new CancellationTokenSource();
+
+        // One lambda, so one template for all three calls: only call 1 ignores its token and returns at once.
+        AsyncResult<int> Start(int i, CancellationToken token) =>
+            pool.ApplyAsync(t => i == 1 ? Interlocked.Increment(ref runs.AsSpan()[1]) : UntilCancelled(i, t, runs, stopped), cancellationToken: token);
+        var first = Start(0, cts.Token);
+        Assert.True(Wait.Until(() => runs[0] == 1, Guard), "the first call did not start");
+
+        // The worker holds the next two behind the running one.
+        var plain = Start(1, CancellationToken.None);
+        var queued = Start(2, cts.Token);
+        cts.Cancel();
+
+        Assert.Throws<OperationCanceledException>(() => first.Get(Guard));
+        Assert.Throws<OperationCanceledException>(() => queued.Get(Guard));
+        Assert.Equal(1, plain.Get(Guard));
+        Assert.Equal(1, stopped[0]);
+        Assert.Equal(0, runs[2]);
+    }
+
     [Theory]
     [InlineData(false)]
     [InlineData(true)]

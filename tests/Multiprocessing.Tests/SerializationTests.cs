@@ -35,6 +35,39 @@ public sealed class SerializationTests
     }
 
     [Fact]
+    public void A_lambda_has_one_template_and_each_closure_travels_as_its_state_alone()
+    {
+        var closures = Enumerable.Range(0, 3).Select(i => (Func<string>)(() => $"{i}:{i * i}")).ToArray();
+        var template = DelegateSerializer.TemplateOf(closures[0]);
+        Assert.NotNull(template);
+        Assert.Same(template, DelegateSerializer.TemplateOf(closures[2]));
+        Func<string> other = () => "other";
+        Assert.NotEqual(template.Id, DelegateSerializer.TemplateOf(other)!.Id);
+
+        // The shape is read once; each closure's state binds it to that closure's values, and only those travel.
+        var shape = DelegateSerializer.ReadShape(template.Shape);
+        foreach (var closure in closures)
+        {
+            var state = DelegateSerializer.SerializeState(closure);
+            Assert.True(state.Length < template.Shape.Length, "the state carries the type names again");
+            Assert.Equal(closure(), ((Func<string>)shape.Bind(state))());
+        }
+
+        // A static method has no state at all; an instance method's object is its state.
+        Func<int, int> twice = Twice;
+        Assert.Equal(0, DelegateSerializer.SerializeState(twice).Length);
+        Assert.Equal(8, ((Func<int, int>)DelegateSerializer.ReadShape(DelegateSerializer.TemplateOf(twice)!.Shape).Bind(default))(4));
+        var point = new Point(3, 4);
+        Func<string> method = point.ToString;
+        Assert.Equal(point.ToString(), ((Func<string>)DelegateSerializer.ReadShape(DelegateSerializer.TemplateOf(method)!.Shape).Bind(DelegateSerializer.SerializeState(method)))());
+
+        // Several methods cannot share one shape; they go whole.
+        Func<int, int> both = Twice;
+        both += Twice;
+        Assert.Null(DelegateSerializer.TemplateOf(both));
+    }
+
+    [Fact]
     public void Truncated_payloads_are_rejected_clearly()
     {
         int captured = 3;

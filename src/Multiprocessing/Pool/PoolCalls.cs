@@ -18,7 +18,11 @@ internal abstract class PoolCall(ProcessPool pool, int id, int funcId, ReadOnlyM
 
     internal int FuncId { get; } = funcId;
 
+    /// <summary>The serialized function, or, with a <see cref="Template"/>, only its target's state.</summary>
     internal ReadOnlyMemory<byte> Function { get; } = function;
+
+    /// <summary>The shape of the function, when each chunk carries the state of its own closure.</summary>
+    internal DelegateTemplate? Template { get; init; }
 
     internal ProcessPool Pool { get; } = pool;
 

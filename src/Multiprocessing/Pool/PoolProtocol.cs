@@ -4,7 +4,8 @@ namespace Multiprocessing.Pool;
 
 /// <summary>
 /// Frames between a pool and its workers, on the worker's control socket: [length:int32][op:byte][body].
-/// Parent to worker: Define(funcId, delegate), Run(flags, callId, chunk, funcId, count, items), Forget(funcId), Shutdown.
+/// Parent to worker: Define(funcId, delegate), DefineTemplate(templateId, shape), Run(flags, callId, chunk, funcId,
+/// [templateId, state,] count, items), Forget(funcId), Shutdown.
 /// Worker to parent: Result(callId, chunk, count, per item: status + value or error), Stats(tasks, ticks...).
 /// A worker runs its frames in order and answers every Run frame in order, so the pool knows each chunk by its
 /// place; the <see cref="WorkerBoard"/> says which one runs.
@@ -15,11 +16,15 @@ internal static class PoolProtocol
     internal const byte Run = 2;
     internal const byte Forget = 3;
     internal const byte Shutdown = 4;
+    internal const byte DefineTemplate = 5;
 
     /// <summary>Flags of a Run frame: the chunk has a time limit (the pool times it from the previous answer,
     /// so that answer goes out first); its call can be cancelled (the worker starts its cancellation watcher).</summary>
     internal const byte Timed = 1;
     internal const byte Cancellable = 2;
+
+    /// <summary>The Run frame's function is a template (by id) bound to the state that follows the function id.</summary>
+    internal const byte Templated = 4;
 
     internal const byte Result = 1;
     internal const byte Stats = 2;

@@ -41,6 +41,7 @@ internal static class PoolWorker
         initializer?.Invoke();
 
         var runners = new Dictionary<int, Registered>();
+        var templates = new Dictionary<int, DelegateShape>();
         var output = new WireWriter(64 * 1024);
         var input = new byte[64 * 1024];
         int filled = 0;
@@ -79,6 +80,10 @@ internal static class PoolWorker
                         int id = reader.Int32();
                         runners[id] = new Registered(id, ChunkRunner.Create(DelegateSerializer.Deserialize(reader.Bytes())));
                         break;
+                    case PoolProtocol.DefineTemplate:
+                        int templateId = reader.Int32();
+                        templates[templateId] = DelegateSerializer.ReadShape(reader.Bytes());
+                        break;
                     case PoolProtocol.Forget:
                         int forgotten = reader.Int32();
                         runners.Remove(forgotten);
@@ -96,7 +101,7 @@ internal static class PoolWorker
 
                         bool cancellable = (flags & PoolProtocol.Cancellable) != 0;
                         if (cancellable) cancels.Watch();
-                        bool kept = RunChunk(reader, runners, output, stats, board, cancels, cancellable, ++sequence);
+                        bool kept = RunChunk(reader, runners, (flags & PoolProtocol.Templated) != 0 ? templates : null, output, stats, board, cancels, cancellable, ++sequence);
                         if (!kept || Stopwatch.GetTimestamp() - lastFlush > flushInterval)
                         {
                             Flush(fd, output, stats, board);
@@ -129,13 +134,22 @@ internal static class PoolWorker
 
     /// <summary>Runs one chunk (or skips it, when its call was cancelled) and writes its answer; false when the
     /// answer could not be kept on the board and must be sent now.</summary>
-    private static bool RunChunk(WireReader reader, Dictionary<int, Registered> runners, WireWriter output, WorkerCounters stats, WorkerBoard board, CancelState cancels, bool cancellable, long sequence)
+    private static bool RunChunk(WireReader reader, Dictionary<int, Registered> runners, Dictionary<int, DelegateShape>? templates, WireWriter output, WorkerCounters stats,
+        WorkerBoard board, CancelState cancels, bool cancellable, long sequence)
     {
         // Recorded before anything of the chunk runs: if this process dies from here on, this chunk did it.
         board.BeginChunk(sequence);
         int callId = reader.Int32();
         int chunk = reader.Int32();
         int funcId = reader.Int32();
+        DelegateShape? shape = null;
+        ReadOnlyMemory<byte> state = default;
+        if (templates is not null)
+        {
+            shape = templates[reader.Int32()];
+            state = reader.Bytes();
+        }
+
         int frame = output.BeginFrame(PoolProtocol.Result);
         output.Int32(callId);
         output.Int32(chunk);
@@ -149,7 +163,23 @@ internal static class PoolWorker
         {
             int count = reader.Int32();
             output.Int32(count);
-            var registered = runners[funcId];
+            Registered registered;
+            try
+            {
+                // A templated function lives for its one chunk; the function id still names its call for cancellation.
+                registered = shape is null ? runners[funcId] : new Registered(funcId, ChunkRunner.Create(shape.Bind(state)));
+            }
+            catch (Exception ex) when (shape is not null)
+            {
+                // The task's closure could not be rebuilt here (a type that fails to load, say): that task fails, the
+                // worker goes on.
+                output.Byte(PoolProtocol.PerItem);
+                for (int i = 0; i < count; i++) ChunkRunner.WriteOutcome<object?>(output, null, ex, stats);
+                output.EndFrame(frame);
+                stats.Tasks++;
+                return board.Keep(output.WrittenSpan[frame..]);
+            }
+
 
             // Only a call that can be cancelled gives its tasks a token that can be: code may skip work on
             // CanBeCanceled, as it does for CancellationToken.None.

@@ -2,6 +2,7 @@ using System.Collections.Concurrent;
 using System.Net.Sockets;
 using System.Runtime.CompilerServices;
 using Microsoft.Extensions.Logging;
+using Multiprocessing.Platform;
 using Multiprocessing.Pool;
 using Multiprocessing.Processes;
 using Multiprocessing.Serialization;
@@ -310,13 +311,16 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         CancellationToken cancellationToken = default)
     {
         ArgumentNullException.ThrowIfNull(func);
-        var function = DelegateSerializer.Serialize(func);
+
+        // A lambda's shape goes to each worker once; a task carries only what its closure holds.
+        var template = DelegateSerializer.TemplateOf(func);
+        var function = template is null ? DelegateSerializer.Serialize(func) : DelegateSerializer.SerializeState(func);
         var result = new AsyncResult<TResult>();
         ApplyCall<TResult> call;
         lock (_gate)
         {
             ThrowIfNotRunning();
-            call = new ApplyCall<TResult>(this, NextCallId(), NextCallId(), function, result, callback, errorCallback);
+            call = new ApplyCall<TResult>(this, NextCallId(), NextCallId(), function, result, callback, errorCallback) { Template = template };
             if (cancellationToken.IsCancellationRequested)
             {
                 call.Cancel(Cancelled(cancellationToken));
@@ -766,7 +770,17 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             _pending.RemoveFirst();
             var (call, chunk) = node.Value;
             var output = target.Pending;
-            if (target.Defined.Add(call.FuncId))
+            if (call.Template is { } template)
+            {
+                if (target.Templates.Add(template.Id))
+                {
+                    int define = output.BeginFrame(PoolProtocol.DefineTemplate);
+                    output.Int32(template.Id);
+                    output.Bytes(template.Shape.Span);
+                    output.EndFrame(define);
+                }
+            }
+            else if (target.Defined.Add(call.FuncId))
             {
                 int define = output.BeginFrame(PoolProtocol.Define);
                 output.Int32(call.FuncId);
@@ -778,10 +792,17 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             try
             {
                 int run = output.BeginFrame(PoolProtocol.Run);
-                output.Byte((byte)((call.TimeoutTicks > 0 ? PoolProtocol.Timed : 0) | (call.Cancellable ? PoolProtocol.Cancellable : 0)));
+                output.Byte((byte)((call.TimeoutTicks > 0 ? PoolProtocol.Timed : 0) | (call.Cancellable ? PoolProtocol.Cancellable : 0)
+                    | (call.Template is null ? 0 : PoolProtocol.Templated)));
                 output.Int32(call.Id);
                 output.Int32(chunk);
                 output.Int32(call.FuncId);
+                if (call.Template is { } shape)
+                {
+                    output.Int32(shape.Id);
+                    output.Bytes(call.Function.Span);
+                }
+
                 call.Encode(chunk, output);
                 output.EndFrame(run);
             }
@@ -796,13 +817,19 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             }
 
             target.InFlight.Enqueue(node.Value);
+            target.Unsent++;
             target.ChunksSent++;
             if (_maxTasksPerChild is { } limit && target.ChunksSent >= limit) RetireWorker(target, replace: true);
             _touched.Add(target);
         }
 
         // One write per worker for everything this pass queued: a send per chunk would cost a syscall per task.
-        foreach (var worker in _touched) Send(worker);
+        // A worker that has two chunks or more to get on with can wait: its next answer flushes what queued up
+        // meanwhile (see ReadLoop), so a burst of ApplyAsync calls goes out in a few writes, not one per task.
+        foreach (var worker in _touched)
+        {
+            if (worker.InFlight.Count - worker.Unsent < 2) Send(worker);
+        }
     }
 
     private readonly HashSet<WorkerHandle> _touched = [];
@@ -813,8 +840,10 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     {
         if (worker.Sending is not null || worker.Pending.Length == 0) return;
         var batch = worker.Pending;
-        worker.Pending = new WireWriter(4096);
+        worker.Pending = worker.Spare ?? new WireWriter(4096);
+        worker.Spare = null;
         worker.Sending = batch;
+        worker.Unsent = 0;
         _ = SendLoopAsync(worker, batch);
     }
 
@@ -832,12 +861,13 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                     if (worker.Pending.Length == 0)
                     {
                         worker.Sending = null;
-                        worker.Pending = batch;
+                        worker.Spare = batch;
                         return;
                     }
 
                     (worker.Pending, batch) = (batch, worker.Pending);
                     worker.Sending = batch;
+                    worker.Unsent = 0;
                 }
             }
         }
@@ -848,26 +878,27 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    private async Task ReadLoopAsync(WorkerHandle worker)
+    /// <summary>
+    /// Reads one worker's answers on a thread of its own, blocked in read(2) on the worker's socket: a result wakes
+    /// this thread directly, where an asynchronous receive would wake the socket engine's thread and then hop to
+    /// the thread pool (a cost Apply's round trip paid twice), and user code that starves the thread pool cannot
+    /// stall the pool's results.
+    /// </summary>
+    private void ReadLoop(WorkerHandle worker)
     {
         var buffer = new byte[64 * 1024];
         int filled = 0;
         var frames = new List<(int Offset, int Length)>();
         var reader = new WireReader(ReadOnlyMemory<byte>.Empty);
+
+        // The socket stays open until this loop has seen its end and the worker is reaped, below.
+        int fd = (int)worker.Socket.Handle;
         try
         {
             while (true)
             {
-                int n;
-                try
-                {
-                    n = await worker.Socket.ReceiveAsync(buffer.AsMemory(filled), SocketFlags.None).ConfigureAwait(false);
-                }
-                catch (Exception ex) when (ex is SocketException or ObjectDisposedException)
-                {
-                    // A reset or a closed socket is the same end of stream: the worker is gone.
-                    n = 0;
-                }
+                // A reset counts as end of stream: the worker is gone either way.
+                int n = OsIo.Read(fd, buffer.AsSpan(filled));
 
                 if (n == 0) break;
                 filled += n;
@@ -884,6 +915,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                         }
 
                         Pump();
+
+                        // Whatever waited for this worker's answer goes now.
+                        Send(worker);
                         RetireIfDrained();
                     }
                 }
@@ -893,18 +927,16 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 if (filled == buffer.Length) Array.Resize(ref buffer, buffer.Length * 2);
             }
 
-            await worker.Process.ChannelClosedAsync().ConfigureAwait(false);
-            lock (_gate) WorkerExited(worker);
         }
         catch (Exception ex)
         {
             ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: reading its results failed; replacing it", worker.Process.Pid);
             worker.Process.Kill();
-
-            // Nobody else reaps a process whose channel the pool owns.
-            await worker.Process.ChannelClosedAsync().ConfigureAwait(false);
-            lock (_gate) WorkerExited(worker);
         }
+
+        // Nobody else reaps a process whose channel the pool owns.
+        worker.Process.ChannelClosedAsync().GetAwaiter().GetResult();
+        lock (_gate) WorkerExited(worker);
     }
 
     private void Handle(WorkerHandle worker, WireReader reader)
@@ -1050,7 +1082,23 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         var worker = new WorkerHandle(index, process, board);
         _workers.Add(worker);
         _slots[index] = worker;
-        _ = ReadLoopAsync(worker);
+        new Thread(() =>
+        {
+            try
+            {
+                ReadLoop(worker);
+            }
+            catch (Exception ex)
+            {
+                // Past the reading itself: reaping the worker or starting its replacement failed. An exception
+                // must not end the whole process from this thread; the pool reports what it can.
+                ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: handling its exit failed", worker.Process.Pid);
+            }
+        })
+        {
+            IsBackground = true,
+            Name = "Multiprocessing pool reader",
+        }.Start();
     }
 
     /// <summary>After its last allowed task a worker is told to finish and exit; a fresh one takes its slot.</summary>

@@ -31,9 +31,18 @@ internal sealed class WorkerHandle(int index, ChildProcess process, WorkerBoard 
 
     internal WireWriter? Sending { get; set; }
 
+    /// <summary>An empty buffer to swap in for <see cref="Pending"/> when a send starts.</summary>
+    internal WireWriter? Spare { get; set; }
+
+    /// <summary>Chunks in <see cref="Pending"/>, queued for this worker but not yet handed to a send.</summary>
+    internal int Unsent { get; set; }
+
     internal Queue<ChunkRef> InFlight { get; } = new();
 
     internal HashSet<int> Defined { get; } = [];
+
+    /// <summary>Delegate templates the worker knows; they last as long as it does.</summary>
+    internal HashSet<int> Templates { get; } = [];
 
     internal int ChunksSent { get; set; }
 

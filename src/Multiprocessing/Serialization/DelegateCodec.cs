@@ -27,6 +27,13 @@ internal static class DelegateCodec
 
     private static void WriteOne(WireWriter writer, Delegate part)
     {
+        WriteShape(writer, part);
+        if (part.Target is not null) WriteTarget(writer, part);
+    }
+
+    /// <summary>Writes what a delegate is apart from its target's state: its method and its target's type.</summary>
+    internal static void WriteShape(WireWriter writer, Delegate part)
+    {
         var method = part.Method;
         if (method.DeclaringType is null || method.Module.Assembly.IsDynamic)
             throw new NotSupportedException($"the delegate points to {method.Name}, a method generated at run time (an expression tree or DynamicMethod), which a child process cannot find");
@@ -38,12 +45,16 @@ internal static class DelegateCodec
         foreach (var arg in args) TypeNames.Write(writer, arg);
 
         writer.Bool(part.Target is not null);
-        if (part.Target is null) return;
-        var targetType = part.Target.GetType();
-        TypeNames.Write(writer, targetType);
+        if (part.Target is not null) TypeNames.Write(writer, part.Target.GetType());
+    }
+
+    /// <summary>Writes the state of a delegate's target (the variables a closure's method reads).</summary>
+    internal static void WriteTarget(WireWriter writer, Delegate part)
+    {
+        var targetType = part.Target!.GetType();
         try
         {
-            ValueCodec.Write(writer, targetType, part.Target, CaptureAnalysis.UsedClosureFields(method));
+            ValueCodec.Write(writer, targetType, part.Target, CaptureAnalysis.UsedClosureFields(part.Method));
         }
         catch (Exception ex) when (!ClosureCodec.IsClosure(targetType))
         {
@@ -70,19 +81,21 @@ internal static class DelegateCodec
 
     private static Delegate ReadOne(WireReader reader, Type delegateType)
     {
+        var (method, targetType) = ReadShape(reader);
+        object? target = targetType is null ? null : ValueCodec.Read(reader, targetType);
+        return Delegate.CreateDelegate(delegateType, target, method);
+    }
+
+    /// <summary>Reads what <see cref="WriteShape"/> wrote: the method, and the target's type (null for none).</summary>
+    internal static (MethodInfo Method, Type? TargetType) ReadShape(WireReader reader)
+    {
         var declaring = TypeNames.Read(reader);
         int token = reader.Int32();
         var genericArgs = new Type[reader.Int32()];
         for (int i = 0; i < genericArgs.Length; i++) genericArgs[i] = TypeNames.Read(reader);
-        object? target = null;
-        if (reader.Bool())
-        {
-            var targetType = TypeNames.Read(reader);
-            target = ValueCodec.Read(reader, targetType);
-        }
-
+        var targetType = reader.Bool() ? TypeNames.Read(reader) : null;
         var method = MethodOf(declaring, token);
         if (genericArgs.Length > 0) method = method.MakeGenericMethod(genericArgs);
-        return Delegate.CreateDelegate(delegateType, target, method);
+        return (method, targetType);
     }
 }
