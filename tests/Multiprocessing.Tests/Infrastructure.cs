@@ -134,6 +134,13 @@ public sealed class Scratch : IDisposable
     public void Dispose() => Directory.Delete(Path, recursive: true);
 }
 
+/// <summary>Paths that the test project's build wrote into the test assembly.</summary>
+public static class BuildInfo
+{
+    public static string Get(string key) =>
+        typeof(BuildInfo).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value ?? string.Empty;
+}
+
 /// <summary>Runs the test app (a plain console app using the library) as a separate parent process.</summary>
 public sealed class TestApp : IDisposable
 {
@@ -157,9 +164,9 @@ public sealed class TestApp : IDisposable
         _process.BeginErrorReadLine();
     }
 
-    public static string BuiltPath => Metadata("TestAppPath");
+    public static string BuiltPath => BuildInfo.Get("TestAppPath");
 
-    public static string ProjectPath => Metadata("TestAppProject");
+    public static string ProjectPath => BuildInfo.Get("TestAppProject");
 
     public int Pid => _process.Id;
 
@@ -222,9 +229,6 @@ public sealed class TestApp : IDisposable
         _process.WaitForExit();
         _process.Dispose();
     }
-
-    private static string Metadata(string key) =>
-        typeof(TestApp).Assembly.GetCustomAttributes<AssemblyMetadataAttribute>().Single(a => a.Key == key).Value!;
 
     private static void Append(StringBuilder sink, string? line, TaskCompletionSource closed)
     {
