@@ -20,8 +20,11 @@ public sealed class AsyncResult<T>
     /// <summary>Why the call was cancelled: a cancelled task carries no exception of its own.</summary>
     private OperationCanceledException? _canceled;
 
-    internal AsyncResult()
+    private readonly Multiprocessing.Synchronization.AdaptiveSpin? _spin;
+
+    internal AsyncResult(Multiprocessing.Synchronization.AdaptiveSpin? spin = null)
     {
+        _spin = spin;
     }
 
     /// <summary>Whether the call has completed, successfully or not (Python's <c>ready()</c>).</summary>
@@ -50,7 +53,11 @@ public sealed class AsyncResult<T>
     /// <summary>Waits until the result is ready (Python's <c>wait(timeout)</c>).</summary>
     /// <param name="timeout">How long to wait; null waits forever.</param>
     /// <returns>True when the result is ready.</returns>
-    public bool Wait(TimeSpan? timeout = null) => _done.Wait(timeout ?? Timeout.InfiniteTimeSpan);
+    public bool Wait(TimeSpan? timeout = null)
+    {
+        if (_done.IsSet || (timeout != TimeSpan.Zero && _spin is not null && _spin.Spin(static done => done.IsSet, _done))) return true;
+        return _done.Wait(timeout ?? Timeout.InfiniteTimeSpan);
+    }
 
     /// <summary>Waits for the result without blocking a thread.</summary>
     /// <param name="cancellationToken">Stops the wait (not the task).</param>

@@ -41,7 +41,7 @@ internal static class PoolProtocol
     internal const int MaxFrame = 1 << 30;
 
     /// <summary>Finds the complete frames at the start of <paramref name="buffer"/>; returns the bytes they span.</summary>
-    internal static int CompleteFrames(ReadOnlySpan<byte> buffer, List<(int Offset, int Length)> frames)
+    internal static int CompleteFrames(ReadOnlySpan<byte> buffer, FrameList frames)
     {
         int position = 0;
         while (buffer.Length - position >= 4)
@@ -49,10 +49,36 @@ internal static class PoolProtocol
             int length = BinaryPrimitives.ReadInt32LittleEndian(buffer[position..]);
             if (length < 1 || length > MaxFrame) throw new InvalidDataException($"pool frame of {length} bytes");
             if (buffer.Length - position - 4 < length) break;
-            frames.Add((position + 4, length));
+            frames.Add(position + 4, length);
             position += 4 + length;
         }
 
         return position;
+    }
+}
+
+/// <summary>
+/// Where the complete frames of a buffer lie. A plain class over one int array, not a list of tuples: a generic
+/// instantiation over value types of the core library cannot be precompiled into this assembly, so a fresh worker
+/// would JIT every method of it before its first task.
+/// </summary>
+internal sealed class FrameList
+{
+    private int[] _items = new int[128];
+
+    internal int Count { get; private set; }
+
+    internal int Offset(int index) => _items[2 * index];
+
+    internal int Length(int index) => _items[(2 * index) + 1];
+
+    internal void Clear() => Count = 0;
+
+    internal void Add(int offset, int length)
+    {
+        if (2 * (Count + 1) > _items.Length) Array.Resize(ref _items, _items.Length * 2);
+        _items[2 * Count] = offset;
+        _items[(2 * Count) + 1] = length;
+        Count++;
     }
 }

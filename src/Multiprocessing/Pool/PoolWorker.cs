@@ -45,7 +45,7 @@ internal static class PoolWorker
         var output = new WireWriter(64 * 1024);
         var input = new byte[64 * 1024];
         int filled = 0;
-        var frames = new List<(int Offset, int Length)>();
+        var frames = new FrameList();
         var reader = new WireReader(ReadOnlyMemory<byte>.Empty);
         var stats = new WorkerCounters();
         var cancels = new CancelState(board);
@@ -71,9 +71,9 @@ internal static class PoolWorker
 
             frames.Clear();
             int consumed = PoolProtocol.CompleteFrames(input.AsSpan(0, filled), frames);
-            foreach (var (offset, length) in frames)
+            for (int f = 0; f < frames.Count; f++)
             {
-                reader.Reset(input.AsMemory(offset, length));
+                reader.Reset(input.AsMemory(frames.Offset(f), frames.Length(f)));
                 switch (reader.Byte())
                 {
                     case PoolProtocol.Define:
@@ -112,6 +112,11 @@ internal static class PoolWorker
                         break;
                     case PoolProtocol.Shutdown:
                         Flush(fd, output, stats, board);
+
+                        // As Python's workers leave with os._exit: the runtime's own shutdown would only delay the
+                        // pool's Join (by milliseconds per worker); console output is flushed as it is written.
+                        ProcessRuntime.RunExitHandler();
+                        OsProcess.ExitNow(0);
                         return;
                     default:
                         throw new InvalidDataException("unknown pool frame");
@@ -223,7 +228,8 @@ internal static class PoolWorker
     /// </summary>
     private sealed class CancelState(WorkerBoard board)
     {
-        private readonly HashSet<int> _cancelled = [];
+        // Made on the first cancellation: most workers never see one, and a fresh worker would JIT it.
+        private HashSet<int>? _cancelled;
         private int _seen;
         private Thread? _watcher;
 
@@ -233,15 +239,15 @@ internal static class PoolWorker
             if (generation != _seen)
             {
                 // Only what is new: a forgotten call must not come back from the ring.
-                board.ReadCancelled(_seen, generation, _cancelled);
+                board.ReadCancelled(_seen, generation, _cancelled ??= []);
                 _seen = generation;
             }
 
-            return _cancelled.Count > 0 && _cancelled.Contains(funcId);
+            return _cancelled is { Count: > 0 } && _cancelled.Contains(funcId);
         }
 
         /// <summary>A forgotten call sends no more chunks.</summary>
-        internal void Forget(int funcId) => _cancelled.Remove(funcId);
+        internal void Forget(int funcId) => _cancelled?.Remove(funcId);
 
         internal void Watch()
         {

@@ -36,6 +36,10 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     private readonly HashSet<PoolCall> _calls = [];
     private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Lazy<ResultThread> _resultThread;
+
+    /// <summary>How long a caller waiting for a result spins first: an Apply answered within microseconds then
+    /// skips the sleep and wake-up of its thread.</summary>
+    private readonly Multiprocessing.Synchronization.AdaptiveSpin _waitSpin = new();
     private State _state = State.Running;
 
     internal ProcessPool(int? processes, Action? initializer, int? maxTasksPerChild, PoolOptions? options)
@@ -139,7 +143,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         var items = iterable.ToArray();
         int size = chunksize ?? DefaultChunksize(items.Length);
         var function = DelegateSerializer.Serialize(func);
-        var result = new AsyncResult<List<TResult>>();
+        var result = new AsyncResult<List<TResult>>(_waitSpin);
         MapCall<T, TResult> call;
         lock (_gate)
         {
@@ -315,7 +319,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         // A lambda's shape goes to each worker once; a task carries only what its closure holds.
         var template = DelegateSerializer.TemplateOf(func);
         var function = template is null ? DelegateSerializer.Serialize(func) : DelegateSerializer.SerializeState(func);
-        var result = new AsyncResult<TResult>();
+        var result = new AsyncResult<TResult>(_waitSpin);
         ApplyCall<TResult> call;
         lock (_gate)
         {
@@ -888,7 +892,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     {
         var buffer = new byte[64 * 1024];
         int filled = 0;
-        var frames = new List<(int Offset, int Length)>();
+        var frames = new FrameList();
         var reader = new WireReader(ReadOnlyMemory<byte>.Empty);
 
         // The socket stays open until this loop has seen its end and the worker is reaped, below.
@@ -908,9 +912,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 {
                     lock (_gate)
                     {
-                        foreach (var (offset, length) in frames)
+                        for (int f = 0; f < frames.Count; f++)
                         {
-                            reader.Reset(buffer.AsMemory(offset, length));
+                            reader.Reset(buffer.AsMemory(frames.Offset(f), frames.Length(f)));
                             Handle(worker, reader);
                         }
 
@@ -1037,14 +1041,15 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     {
         var unsent = worker.Board.UnsentAnswers();
         if (unsent.Length == 0) return;
-        var frames = new List<(int Offset, int Length)>();
+        var frames = new FrameList();
         var reader = new WireReader(ReadOnlyMemory<byte>.Empty);
         bool caughtUp = false;
         try
         {
             PoolProtocol.CompleteFrames(unsent, frames);
-            foreach (var (offset, length) in frames)
+            for (int f = 0; f < frames.Count; f++)
             {
+                int offset = frames.Offset(f), length = frames.Length(f);
                 if (!worker.InFlight.TryPeek(out var head)) break;
 
                 // A Result frame: [op][call][chunk]...

@@ -44,6 +44,13 @@ internal static class ProcessRuntime
         lock (Children) return [.. Children];
     }
 
+    /// <summary>What a child does before it leaves with _exit, as Python's children do: its own children are dealt
+    /// with as at a normal exit.</summary>
+    internal static void RunExitHandler()
+    {
+        if (Volatile.Read(ref _exitHookInstalled) == 1) OnExit();
+    }
+
     /// <summary>Python's exit handler: daemons are terminated, everyone else is waited for.</summary>
     private static void OnExit()
     {

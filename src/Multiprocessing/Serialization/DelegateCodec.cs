@@ -63,20 +63,15 @@ internal static class DelegateCodec
         }
     }
 
-    private static readonly Dictionary<(Type, int), MethodInfo> Methods = [];
-
+    // Not cached: a pool worker resolves a lambda once per template, and a cache keyed by (type, token) cost every
+    // fresh child the JIT of a dictionary over tuples.
     private static MethodInfo MethodOf(Type declaring, int token)
     {
-        lock (Methods)
-        {
-            if (Methods.TryGetValue((declaring, token), out var cached)) return cached;
-
-            // The declaring type's build was checked when it was read, so the token means the same method here.
-            var method = (MethodInfo)(declaring.Module.ResolveMethod(token)
-                ?? throw new MissingMethodException($"no method with token 0x{token:x8} on {declaring}"));
-            if (declaring.IsGenericType) method = (MethodInfo)MethodBase.GetMethodFromHandle(method.MethodHandle, declaring.TypeHandle)!;
-            return Methods[(declaring, token)] = method;
-        }
+        // The declaring type's build was checked when it was read, so the token means the same method here.
+        var method = (MethodInfo)(declaring.Module.ResolveMethod(token)
+            ?? throw new MissingMethodException($"no method with token 0x{token:x8} on {declaring}"));
+        if (declaring.IsGenericType) method = (MethodInfo)MethodBase.GetMethodFromHandle(method.MethodHandle, declaring.TypeHandle)!;
+        return method;
     }
 
     private static Delegate ReadOne(WireReader reader, Type delegateType)

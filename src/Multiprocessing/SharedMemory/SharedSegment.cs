@@ -90,7 +90,8 @@ internal sealed unsafe class SharedSegment
     // A handle is only good while its sender has the segment open. A sender that drops the object right after
     // sending it (a pool task that returns a new lock, say) would race the receiver's open; holding every sent
     // segment for a while closes that window.
-    private static readonly Queue<(long Sent, SharedSegment Segment)> RecentlySent = new();
+    // Of a reference type: a queue of tuples would be JITted in every fresh child that maps a segment.
+    private static readonly Queue<SentSegment> RecentlySent = new();
     private static readonly TimeSpan SendGrace = TimeSpan.FromSeconds(30);
 
     private void KeepForReceiver()
@@ -100,9 +101,11 @@ internal sealed unsafe class SharedSegment
         {
             while (RecentlySent.Count > 0 && (RecentlySent.Count > 1024 || System.Diagnostics.Stopwatch.GetElapsedTime(RecentlySent.Peek().Sent, now) > SendGrace))
                 RecentlySent.Dequeue();
-            RecentlySent.Enqueue((now, this));
+            RecentlySent.Enqueue(new SentSegment(now, this));
         }
     }
+
+    private sealed record SentSegment(long Sent, SharedSegment Segment);
 
     internal static SharedSegment Read(WireReader reader)
     {
