@@ -206,13 +206,34 @@ internal static class Compare
         _ => string.Create(CultureInfo.InvariantCulture, $"{value:F1}"),
     };
 
+    /// <summary>Writes the rows beside the binary and, when the bench runs from a checkout, to the tracked
+    /// bench/results/ as well, which is what bench/Chart draws and what a commit can carry.</summary>
     internal static void Save(List<Row> rows, string fileName = "latest.json")
     {
-        var dir = Path.Combine(AppContext.BaseDirectory, "results");
-        Directory.CreateDirectory(dir);
-        var path = Path.Combine(dir, fileName);
-        File.WriteAllText(path, JsonSerializer.Serialize(rows.Select(r => new { r.Workload, r.Ours, r.Python, r.Unit, r.Ratio, r.Target })));
+        var json = JsonSerializer.Serialize(rows.Select(r => new { r.Workload, r.Ours, r.Python, r.Unit, r.Ratio, r.Target }));
         Console.WriteLine();
-        Console.WriteLine($"results written to {path}");
+        string[] dirs = RepoRoot() is { } root
+            ? [Path.Combine(AppContext.BaseDirectory, "results"), Path.Combine(root, "bench", "results")]
+            : [Path.Combine(AppContext.BaseDirectory, "results")];
+        foreach (var dir in dirs)
+        {
+            Directory.CreateDirectory(dir);
+            var path = Path.Combine(dir, fileName);
+            File.WriteAllText(path, json);
+            Console.WriteLine($"results written to {path}");
+        }
+    }
+
+    /// <summary>The checkout this binary was built in, or null for a copy published elsewhere. The central package
+    /// file marks the root: a worktree's .git is a file, and a source archive has no .git at all.</summary>
+    private static string? RepoRoot()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            if (File.Exists(Path.Combine(dir.FullName, "Directory.Packages.props")) && Directory.Exists(Path.Combine(dir.FullName, "bench")))
+                return dir.FullName;
+        }
+
+        return null;
     }
 }
