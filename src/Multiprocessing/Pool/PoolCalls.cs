@@ -2,6 +2,11 @@ using Multiprocessing.Serialization;
 
 namespace Multiprocessing.Pool;
 
+/// <summary>An Apply call: one task, whose write may wait for a busy worker's next answer.</summary>
+internal interface IApplyCall
+{
+}
+
 /// <summary>A chunk of a call, queued or running on a worker.</summary>
 internal readonly record struct ChunkRef(PoolCall Call, int Chunk);
 
@@ -213,7 +218,7 @@ internal sealed class MapCall<T, TResult> : PoolCall
 /// <summary>Apply and ApplyAsync: one chunk without items.</summary>
 internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, ReadOnlyMemory<byte> function, AsyncResult<TResult> result,
     Action<TResult>? callback, Action<Exception>? errorCallback)
-    : PoolCall(pool, id, funcId, function)
+    : PoolCall(pool, id, funcId, function), IApplyCall
 {
     internal override bool Finished => Outstanding == 0;
 

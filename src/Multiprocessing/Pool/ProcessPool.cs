@@ -822,17 +822,20 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
             target.InFlight.Enqueue(node.Value);
             target.Unsent++;
+            target.Urgent |= call is not IApplyCall;
             target.ChunksSent++;
             if (_maxTasksPerChild is { } limit && target.ChunksSent >= limit) RetireWorker(target, replace: true);
             _touched.Add(target);
         }
 
         // One write per worker for everything this pass queued: a send per chunk would cost a syscall per task.
-        // A worker that has two chunks or more to get on with can wait: its next answer flushes what queued up
-        // meanwhile (see ReadLoop), so a burst of ApplyAsync calls goes out in a few writes, not one per task.
+        // Apply tasks for a worker that has two or more sent tasks to get on with wait for its next answer (see
+        // ReadLoop), so a burst of ApplyAsync calls goes out in a few writes, not one syscall per call. Map-type
+        // chunks go at once: held back, they cost IMap half its throughput, since a worker answers when its input
+        // runs dry and then idled for a round trip every time.
         foreach (var worker in _touched)
         {
-            if (worker.InFlight.Count - worker.Unsent < 2) Send(worker);
+            if (worker.Urgent || worker.InFlight.Count - worker.Unsent < 2) Send(worker);
         }
     }
 
@@ -848,6 +851,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         worker.Spare = null;
         worker.Sending = batch;
         worker.Unsent = 0;
+        worker.Urgent = false;
         _ = SendLoopAsync(worker, batch);
     }
 
@@ -872,6 +876,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                     (worker.Pending, batch) = (batch, worker.Pending);
                     worker.Sending = batch;
                     worker.Unsent = 0;
+                    worker.Urgent = false;
                 }
             }
         }

@@ -37,6 +37,9 @@ internal sealed class WorkerHandle(int index, ChildProcess process, WorkerBoard 
     /// <summary>Chunks in <see cref="Pending"/>, queued for this worker but not yet handed to a send.</summary>
     internal int Unsent { get; set; }
 
+    /// <summary>Among the unsent chunks is one of a map-type call, which goes out at once.</summary>
+    internal bool Urgent { get; set; }
+
     internal Queue<ChunkRef> InFlight { get; } = new();
 
     internal HashSet<int> Defined { get; } = [];
