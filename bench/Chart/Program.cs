@@ -21,7 +21,7 @@ internal static partial class Program
 
     private static int Main(string[] args)
     {
-        var root = RepoRoot();
+        var root = Multiprocessing.Bench.Checkout.Root();
         if (root is null)
         {
             Console.Error.WriteLine("run this from a checkout: no folder above the binary holds Directory.Packages.props and bench/");
@@ -225,17 +225,5 @@ internal static partial class Program
         }
 
         return ticks;
-    }
-
-    /// <summary>The checkout the binary was built in: the folder above it that holds the central package file.</summary>
-    private static string? RepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Directory.Packages.props")) && Directory.Exists(Path.Combine(dir.FullName, "bench")))
-                return dir.FullName;
-        }
-
-        return null;
     }
 }

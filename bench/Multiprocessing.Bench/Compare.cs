@@ -212,7 +212,7 @@ internal static class Compare
     {
         var json = JsonSerializer.Serialize(rows.Select(r => new { r.Workload, r.Ours, r.Python, r.Unit, r.Ratio, r.Target }));
         Console.WriteLine();
-        string[] dirs = RepoRoot() is { } root
+        string[] dirs = Checkout.Root() is { } root
             ? [Path.Combine(AppContext.BaseDirectory, "results"), Path.Combine(root, "bench", "results")]
             : [Path.Combine(AppContext.BaseDirectory, "results")];
         foreach (var dir in dirs)
@@ -222,18 +222,5 @@ internal static class Compare
             File.WriteAllText(path, json);
             Console.WriteLine($"results written to {path}");
         }
-    }
-
-    /// <summary>The checkout this binary was built in, or null for a copy published elsewhere. The central package
-    /// file marks the root: a worktree's .git is a file, and a source archive has no .git at all.</summary>
-    private static string? RepoRoot()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-        {
-            if (File.Exists(Path.Combine(dir.FullName, "Directory.Packages.props")) && Directory.Exists(Path.Combine(dir.FullName, "bench")))
-                return dir.FullName;
-        }
-
-        return null;
     }
 }

@@ -2,11 +2,6 @@ using Multiprocessing.Serialization;
 
 namespace Multiprocessing.Pool;
 
-/// <summary>An Apply call: one task, whose write may wait for a busy worker's next answer.</summary>
-internal interface IApplyCall
-{
-}
-
 /// <summary>A chunk of a call, queued or running on a worker.</summary>
 internal readonly record struct ChunkRef(PoolCall Call, int Chunk);
 
@@ -47,6 +42,10 @@ internal abstract class PoolCall(ProcessPool pool, int id, int funcId, ReadOnlyM
 
     /// <summary>The call's registration on the caller's token, ended when the call is over.</summary>
     internal CancellationTokenRegistration Registration { get; set; }
+
+    /// <summary>Whether a chunk of this call is written at once. An Apply task for a busy worker may wait for its
+    /// next answer and share that write; a map-type chunk may not (its worker would run dry meanwhile).</summary>
+    internal virtual bool WrittenAtOnce => true;
 
     /// <summary>How many items a chunk holds (its time limit is that many times the per-task one).</summary>
     internal virtual int ChunkItems(int chunk) => 1;
@@ -218,8 +217,10 @@ internal sealed class MapCall<T, TResult> : PoolCall
 /// <summary>Apply and ApplyAsync: one chunk without items.</summary>
 internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, ReadOnlyMemory<byte> function, AsyncResult<TResult> result,
     Action<TResult>? callback, Action<Exception>? errorCallback)
-    : PoolCall(pool, id, funcId, function), IApplyCall
+    : PoolCall(pool, id, funcId, function)
 {
+    internal override bool WrittenAtOnce => false;
+
     internal override bool Finished => Outstanding == 0;
 
     internal override void Encode(int chunk, WireWriter writer) => writer.Int32(0);

@@ -168,34 +168,42 @@ internal static class PoolWorker
         {
             int count = reader.Int32();
             output.Int32(count);
-            Registered registered;
-            try
+            if (Resolve(runners, funcId, shape, state, out var failure) is { } registered)
             {
-                // A templated function lives for its one chunk; the function id still names its call for cancellation.
-                registered = shape is null ? runners[funcId] : new Registered(funcId, ChunkRunner.Create(shape.Bind(state)));
+                // Only a call that can be cancelled gives its tasks a token that can be: code may skip work on
+                // CanBeCanceled, as it does for CancellationToken.None.
+                if (cancellable) registered.Cancellation ??= new CancellationTokenSource();
+                if (_current != registered) _current = registered;
+                registered.Runner.Run(reader, count, output, stats);
             }
-            catch (Exception ex) when (shape is not null)
+            else
             {
-                // The task's closure could not be rebuilt here (a type that fails to load, say): that task fails, the
-                // worker goes on.
                 output.Byte(PoolProtocol.PerItem);
-                for (int i = 0; i < count; i++) ChunkRunner.WriteOutcome<object?>(output, null, ex, stats);
-                output.EndFrame(frame);
-                stats.Tasks++;
-                return board.Keep(output.WrittenSpan[frame..]);
+                for (int i = 0; i < count; i++) ChunkRunner.WriteOutcome<object?>(output, null, failure, stats);
             }
-
-
-            // Only a call that can be cancelled gives its tasks a token that can be: code may skip work on
-            // CanBeCanceled, as it does for CancellationToken.None.
-            if (cancellable) registered.Cancellation ??= new CancellationTokenSource();
-            if (_current != registered) _current = registered;
-            registered.Runner.Run(reader, count, output, stats);
         }
 
         output.EndFrame(frame);
         stats.Tasks++;
         return board.Keep(output.WrittenSpan[frame..]);
+    }
+
+    /// <summary>The chunk's function: one defined for its call, or a template bound to the chunk's own state (it
+    /// lives for the chunk; the function id still names its call for cancellation). Null, with the error, when the
+    /// closure cannot be rebuilt here (a type that fails to load, say): that task fails and the worker goes on.</summary>
+    private static Registered? Resolve(Dictionary<int, Registered> runners, int funcId, DelegateShape? shape, ReadOnlyMemory<byte> state, out Exception? failure)
+    {
+        failure = null;
+        if (shape is null) return runners[funcId];
+        try
+        {
+            return new Registered(funcId, ChunkRunner.Create(shape.Bind(state)));
+        }
+        catch (Exception ex)
+        {
+            failure = ex;
+            return null;
+        }
     }
 
     private static void Flush(int fd, WireWriter output, WorkerCounters stats, WorkerBoard board)

@@ -822,7 +822,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
             target.InFlight.Enqueue(node.Value);
             target.Unsent++;
-            target.Urgent |= call is not IApplyCall;
+            target.Urgent |= call.WrittenAtOnce;
             target.ChunksSent++;
             if (_maxTasksPerChild is { } limit && target.ChunksSent >= limit) RetireWorker(target, replace: true);
             _touched.Add(target);
@@ -850,8 +850,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         worker.Pending = worker.Spare ?? new WireWriter(4096);
         worker.Spare = null;
         worker.Sending = batch;
-        worker.Unsent = 0;
-        worker.Urgent = false;
+        worker.PendingTaken();
         _ = SendLoopAsync(worker, batch);
     }
 
@@ -875,8 +874,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
                     (worker.Pending, batch) = (batch, worker.Pending);
                     worker.Sending = batch;
-                    worker.Unsent = 0;
-                    worker.Urgent = false;
+                    worker.PendingTaken();
                 }
             }
         }

@@ -40,6 +40,13 @@ internal sealed class WorkerHandle(int index, ChildProcess process, WorkerBoard 
     /// <summary>Among the unsent chunks is one of a map-type call, which goes out at once.</summary>
     internal bool Urgent { get; set; }
 
+    /// <summary><see cref="Pending"/> was handed to a send: nothing of it waits any more.</summary>
+    internal void PendingTaken()
+    {
+        Unsent = 0;
+        Urgent = false;
+    }
+
     internal Queue<ChunkRef> InFlight { get; } = new();
 
     internal HashSet<int> Defined { get; } = [];
