@@ -203,6 +203,33 @@ public sealed class PoolTests : ProcessTest
     }
 
     [Fact]
+    public async Task Apply_reads_its_own_answer_and_the_reader_thread_still_serves_the_rest()
+    {
+        using var pool = Mp.Pool(processes: 1);
+
+        // One task at a time: each caller reads the worker's answer on its own thread, the reader thread disarmed.
+        for (int i = 0; i < 300; i++)
+        {
+            int x = i;
+            Assert.Equal(x * x, pool.Apply(() => x * x));
+        }
+
+        // Nobody waits synchronously on this one: only a reader thread re-armed after the callers can deliver it.
+        var awaited = pool.ApplyAsync(() => 41);
+        Assert.Equal(41, await awaited.AsTask().WaitAsync(Guard));
+
+        // A task queued behind another is not the worker's next answer: its caller leaves the reading to the reader.
+        using var gate = Mp.Event();
+        var first = pool.ApplyAsync(() => gate.Wait(Guard) ? 1 : -1);
+        var second = pool.ApplyAsync(() => 2);
+        var waiting = Task.Run(() => second.Get(Guard));
+        gate.Set();
+        Assert.Equal(2, await waiting.WaitAsync(Guard));
+        Assert.Equal(1, first.Get(Guard));
+        Assert.Equal(9, pool.Apply(() => 9));
+    }
+
+    [Fact]
     public async Task Close_lets_queued_work_finish_and_join_waits_for_the_workers()
     {
         var pool = Mp.Pool(processes: 2);

@@ -38,6 +38,24 @@ public sealed class SynchronizationTests : ProcessTest
     }
 
     [Fact]
+    public void An_adaptive_spin_that_keeps_missing_settles_at_its_floor_and_still_tries_the_whole_budget_now_and_then()
+    {
+        var spin = new Multiprocessing.Synchronization.AdaptiveSpin(1600);
+        Assert.Equal(1600, spin.Budget());
+        for (int i = 0; i < 10; i++) spin.Learn(spin.Budget(), ended: false);
+
+        // At the floor a sixteenth of the waits spin the whole budget, so two spinners waiting on each other can
+        // find their way back from the floor together.
+        var budgets = Enumerable.Range(0, 32).Select(_ => spin.Budget()).ToList();
+        Assert.Equal(100, budgets.Min());
+        Assert.Equal(2, budgets.Count(b => b == 1600));
+        Assert.Equal(30, budgets.Count(b => b == 100));
+
+        spin.Learn(1600, ended: true);
+        Assert.Equal(1600, spin.Budget());
+    }
+
+    [Fact]
     public void A_lock_excludes_ten_processes_from_each_other()
     {
         using var scratch = new Scratch();

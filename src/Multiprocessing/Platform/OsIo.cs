@@ -81,6 +81,26 @@ internal static unsafe class OsIo
         }
     }
 
+    /// <summary>Reads what a socket holds right now without waiting: -1 when it holds nothing yet, 0 when the other
+    /// end closed (or reset), else the byte count.</summary>
+    /// <exception cref="IOException">The read failed.</exception>
+    internal static int TryReceiveNow(int socket, Span<byte> buffer)
+    {
+        fixed (byte* p = buffer)
+        {
+            while (true)
+            {
+                nint n = Posix.recv(socket, p, buffer.Length, Posix.MSG_DONTWAIT);
+                if (n >= 0) return (int)n;
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Posix.EINTR) continue;
+                if (errno == Posix.EAGAIN) return -1;
+                if (errno == Posix.ECONNRESET) return 0;
+                throw new IOException($"reading from a connection failed: {new Win32Exception(errno).Message}");
+            }
+        }
+    }
+
     /// <summary>Writes every byte, however many calls that takes.</summary>
     /// <exception cref="IOException">The other end is closed (Python's BrokenPipeError) or the write failed.</exception>
     internal static void WriteAll(int fd, ReadOnlySpan<byte> data, bool socket)
@@ -119,6 +139,64 @@ internal static unsafe class OsIo
     /// <param name="timeoutMs">Milliseconds; -1 waits forever, 0 only looks.</param>
     /// <returns>False on timeout.</returns>
     internal static bool WaitReadable(int fd, int timeoutMs) => PollOne(fd, Posix.POLLIN, timeoutMs);
+
+    /// <summary>
+    /// Sleeps until a descriptor has data (or hangs up) while armed, on its own epoll instance in one-shot
+    /// mode: each wake disarms it, and <see cref="ReadinessWatch.Arm"/> re-arms it. Unlike a blocking read, a watch
+    /// can be left disarmed while another thread reads the descriptor, so the sleeper is not woken for data it will
+    /// not read. Not thread-safe: callers serialise <see cref="Arm"/> and <see cref="Disarm"/> and dispose it once.
+    /// </summary>
+    internal sealed class ReadinessWatch : IDisposable
+    {
+        private const int EpollCloexec = 0x80000;
+        private const int CtlAdd = 1;
+        private const int CtlMod = 3;
+        private const uint EpollIn = 0x1;
+        private const uint EpollOneShot = 1u << 30;
+
+        private readonly int _epoll;
+        private readonly int _fd;
+
+        /// <summary>Watches <paramref name="fd"/>, armed.</summary>
+        /// <exception cref="Win32Exception">The kernel refused (descriptor limit).</exception>
+        internal ReadinessWatch(int fd)
+        {
+            _fd = fd;
+            _epoll = Posix.epoll_create1(EpollCloexec);
+            if (_epoll < 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), "epoll_create1 failed");
+            Control(CtlAdd, EpollIn | EpollOneShot);
+        }
+
+        /// <summary>Wakes the next <see cref="Wait"/> when data is there, or at once if it already is.</summary>
+        internal void Arm() => Control(CtlMod, EpollIn | EpollOneShot);
+
+        /// <summary>Leaves the sleeper asleep when data arrives (a hang-up still wakes it).</summary>
+        internal void Disarm() => Control(CtlMod, EpollOneShot);
+
+        /// <summary>Sleeps until the armed descriptor is readable or hung up; the wake disarms it.</summary>
+        /// <exception cref="Win32Exception">The wait failed.</exception>
+        internal void Wait()
+        {
+            // struct epoll_event is 12 bytes packed on x86-64 and 16 elsewhere; room for either.
+            long* events = stackalloc long[2];
+            while (Posix.epoll_wait(_epoll, events, 1, -1) < 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno != Posix.EINTR) throw new Win32Exception(errno, "epoll_wait failed");
+            }
+        }
+
+        public void Dispose() => Posix.close(_epoll);
+
+        private void Control(int op, uint events)
+        {
+            long* ev = stackalloc long[2];
+            ev[0] = 0;
+            ev[1] = 0;
+            *(uint*)ev = events;
+            if (Posix.epoll_ctl(_epoll, op, _fd, ev) != 0) throw new Win32Exception(Marshal.GetLastPInvokeError(), "epoll_ctl failed");
+        }
+    }
 
     /// <summary>Blocks until the other end of a socket has closed, without reading: data that arrives meanwhile
     /// stays for the descriptor's reader (POLLRDHUP; hang-up and errors are always reported).</summary>

@@ -163,6 +163,7 @@ internal static unsafe partial class Posix
     internal const int SCM_RIGHTS = 1;
     internal const int SO_PEERCRED = 17;
     internal const int MSG_NOSIGNAL = 0x4000;
+    internal const int MSG_DONTWAIT = 0x40;
     internal const int MSG_CMSG_CLOEXEC = 0x40000000;
 
     [LibraryImport(Libc, SetLastError = true)]
@@ -191,6 +192,18 @@ internal static unsafe partial class Posix
 
     [LibraryImport(Libc, SetLastError = true)]
     internal static partial nint sendmsg(int fd, void* message, int flags);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int epoll_create1(int flags);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int epoll_ctl(int epoll, int op, int fd, void* ev);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int epoll_wait(int epoll, void* events, int maxEvents, int timeoutMs);
+
+    [LibraryImport(Libc, SetLastError = true)]
+    internal static partial nint recv(int fd, byte* buffer, nint count, int flags);
 
     [LibraryImport(Libc, SetLastError = true)]
     internal static partial nint recvmsg(int fd, void* message, int flags);

@@ -22,6 +22,9 @@ public sealed class AsyncResult<T>
 
     private readonly Multiprocessing.Synchronization.AdaptiveSpin? _spin;
 
+    /// <summary>How a sync waiter helps its result along before it sleeps; set once, before the result is handed out.</summary>
+    internal Multiprocessing.Pool.IWaitAssist? Assist { get; set; }
+
     internal AsyncResult(Multiprocessing.Synchronization.AdaptiveSpin? spin = null)
     {
         _spin = spin;
@@ -55,7 +58,12 @@ public sealed class AsyncResult<T>
     /// <returns>True when the result is ready.</returns>
     public bool Wait(TimeSpan? timeout = null)
     {
-        if (_done.IsSet || (timeout != TimeSpan.Zero && _spin is not null && _spin.Spin(static done => done.IsSet, _done))) return true;
+        if (_done.IsSet) return true;
+        if (timeout != TimeSpan.Zero)
+        {
+            if (Assist is { } assist ? assist.WaitBriefly(_done) : _spin is not null && _spin.Spin(static done => done.IsSet, _done)) return true;
+        }
+
         return _done.Wait(timeout ?? Timeout.InfiniteTimeSpan);
     }
 

@@ -311,6 +311,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public AsyncResult<TResult> ApplyAsync<TResult>(Func<TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default)
     {
@@ -325,6 +326,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         {
             ThrowIfNotRunning();
             call = new ApplyCall<TResult>(this, NextCallId(), NextCallId(), function, result, callback, errorCallback) { Template = template };
+            result.Assist = call;
             if (cancellationToken.IsCancellationRequested)
             {
                 call.Cancel(Cancelled(cancellationToken));
@@ -507,6 +509,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
     /// <summary>Tops up the input, then takes the next chunk of outcomes: false when the stream is over, true with
     /// null when the caller must wait for <see cref="StreamCall{T, TResult}.Signal"/>.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal bool NextOutcomes<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, out Outcome<TResult>[]? outcomes)
     {
         TopUp(call, source);
@@ -537,6 +540,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     }
 
     /// <summary>Pulls from the source on the consumer's thread while the read-ahead allows, and queues the chunks.</summary>
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private void TopUp<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source)
     {
         int chunksize = call.Chunksize;
@@ -546,7 +550,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             lock (_gate)
             {
                 room = _options.MaxReadAhead - (call.Taken - call.Yielded);
-                if (call.SourceDone || (room < chunksize && call.Taken > call.Yielded)) return;
+                if (call.SourceDone || (room < Math.Max(chunksize, _options.MaxReadAhead / 2) && call.Taken > call.Yielded)) return;
             }
 
             // Up to a batch of chunks per lock and per pump, so lazy input streams as fast as a list.
@@ -821,6 +825,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             }
 
             target.InFlight.Enqueue(node.Value);
+            call.SentTo = target;
             target.Unsent++;
             target.Urgent |= call.WrittenAtOnce;
             target.ChunksSent++;
@@ -886,35 +891,78 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     }
 
     /// <summary>
-    /// Reads one worker's answers on a thread of its own, blocked in read(2) on the worker's socket: a result wakes
-    /// this thread directly, where an asynchronous receive would wake the socket engine's thread and then hop to
-    /// the thread pool (a cost Apply's round trip paid twice), and user code that starves the thread pool cannot
-    /// stall the pool's results.
+    /// Reads one worker's answers on a thread of its own, asleep on the socket's readiness: a result wakes this
+    /// thread directly, where an asynchronous receive would wake the socket engine's thread and then hop to the
+    /// thread pool, and user code that starves the thread pool cannot stall the pool's results. While a caller waits
+    /// on an Apply this worker runs, the caller reads for itself (<see cref="WaitReading"/>) and this thread is left
+    /// asleep.
     /// </summary>
     private void ReadLoop(WorkerHandle worker)
     {
-        var buffer = new byte[64 * 1024];
-        int filled = 0;
-        var frames = new FrameList();
-        var reader = new WireReader(ReadOnlyMemory<byte>.Empty);
-
         // The socket stays open until this loop has seen its end and the worker is reaped, below.
-        int fd = (int)worker.Socket.Handle;
         try
         {
+            var watch = new OsIo.ReadinessWatch((int)worker.Socket.Handle);
+            lock (worker.ReadGate) worker.Watch = watch;
             while (true)
             {
-                // A reset counts as end of stream: the worker is gone either way.
-                int n = OsIo.Read(fd, buffer.AsSpan(filled));
+                watch.Wait();
+                lock (worker.ReadGate)
+                {
+                    if (!Drain(worker)) break;
+                    if (worker.Claims == 0) watch.Arm();
+                }
+            }
+        }
+        catch (Exception ex)
+        {
+            ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: reading its results failed; replacing it", worker.Process.Pid);
+            worker.Process.Kill();
+        }
+        finally
+        {
+            lock (worker.ReadGate)
+            {
+                worker.Ended = true;
+                worker.Watch?.Dispose();
+                worker.Watch = null;
+            }
+        }
 
-                if (n == 0) break;
-                filled += n;
+        // Nobody else reaps a process whose channel the pool owns; this thread has nothing else to do meanwhile.
+        worker.Process.ChannelClosed();
+        lock (_gate) WorkerExited(worker);
+    }
+
+    /// <summary>Reads and handles whatever the worker's socket holds now, without waiting; false once the socket has
+    /// ended. The caller holds <see cref="WorkerHandle.ReadGate"/>. A worker whose answers cannot be read is killed:
+    /// its reader thread then settles its chunks.</summary>
+    private bool Drain(WorkerHandle worker)
+    {
+        if (worker.Ended) return false;
+        try
+        {
+            int fd = (int)worker.Socket.Handle;
+            while (true)
+            {
+                var buffer = worker.ReadBuffer;
+                int n = OsIo.TryReceiveNow(fd, buffer.AsSpan(worker.Filled));
+                if (n < 0) return true;
+                if (n == 0)
+                {
+                    worker.Ended = true;
+                    return false;
+                }
+
+                int filled = worker.Filled + n;
+                var frames = worker.Frames;
                 frames.Clear();
                 int consumed = PoolProtocol.CompleteFrames(buffer.AsSpan(0, filled), frames);
                 if (frames.Count > 0)
                 {
                     lock (_gate)
                     {
+                        var reader = worker.FrameReader;
                         for (int f = 0; f < frames.Count; f++)
                         {
                             reader.Reset(buffer.AsMemory(frames.Offset(f), frames.Length(f)));
@@ -931,19 +979,76 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
                 filled -= consumed;
                 if (filled > 0) buffer.AsSpan(consumed, filled).CopyTo(buffer);
-                if (filled == buffer.Length) Array.Resize(ref buffer, buffer.Length * 2);
+                if (filled == buffer.Length) worker.ReadBuffer = Grow(buffer);
+                worker.Filled = filled;
             }
-
         }
         catch (Exception ex)
         {
+            worker.Ended = true;
             ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: reading its results failed; replacing it", worker.Process.Pid);
             worker.Process.Kill();
+            return false;
         }
 
-        // Nobody else reaps a process whose channel the pool owns.
-        worker.Process.ChannelClosedAsync().GetAwaiter().GetResult();
-        lock (_gate) WorkerExited(worker);
+        static byte[] Grow(byte[] buffer)
+        {
+            Array.Resize(ref buffer, buffer.Length * 2);
+            return buffer;
+        }
+    }
+
+    /// <summary>
+    /// Waits briefly for an Apply by reading its worker's socket on the caller's own thread. A round trip through
+    /// the reader thread costs one more wake-up, and on a two-core machine the dearest one: a sleeping thread must
+    /// be woken on a halted CPU while the caller spins on the other. The reader's watch is disarmed meanwhile, so
+    /// it stays asleep for answers the caller reads.
+    /// </summary>
+    /// <returns>True when the result is ready; false when the spin budget ran out first.</returns>
+    internal bool WaitReading(PoolCall call, ManualResetEventSlim done)
+    {
+        WorkerHandle? worker;
+        lock (_gate)
+        {
+            // Only when this is all the worker holds (a round trip): with a queue of tasks behind it, the reader
+            // thread is awake for their answers anyway, and taking turns with it costs more than it saves.
+            worker = call.SentTo is { InFlight.Count: 1 } sentTo && sentTo.InFlight.Peek().Call == call ? sentTo : null;
+        }
+
+        if (worker is null) return _waitSpin.Spin(static d => d.IsSet, done);
+        lock (worker.ReadGate)
+        {
+            if (worker.Ended || worker.Watch is null) return _waitSpin.Spin(static d => d.IsSet, done);
+            if (worker.Claims++ == 0) worker.Watch.Disarm();
+        }
+
+        try
+        {
+            return _waitSpin.Spin(static s => s.Pool.ReadFor(s.Worker, s.Done), (Pool: this, Worker: worker, Done: done));
+        }
+        finally
+        {
+            lock (worker.ReadGate)
+            {
+                if (--worker.Claims == 0) worker.Watch?.Arm();
+            }
+        }
+    }
+
+    private bool ReadFor(WorkerHandle worker, ManualResetEventSlim done)
+    {
+        if (done.IsSet) return true;
+        if (!Monitor.TryEnter(worker.ReadGate)) return false;
+        try
+        {
+            Drain(worker);
+        }
+        finally
+        {
+            Monitor.Exit(worker.ReadGate);
+        }
+
+        return done.IsSet;
     }
 
     private void Handle(WorkerHandle worker, WireReader reader)

@@ -49,6 +49,28 @@ internal sealed class WorkerHandle(int index, ChildProcess process, WorkerBoard 
 
     internal Queue<ChunkRef> InFlight { get; } = new();
 
+    /// <summary>Held by whoever reads the socket: the reader thread, or a caller waiting on an Apply this worker
+    /// runs. Guards the fields below and the watch; taken before the pool's lock, never inside it.</summary>
+    internal object ReadGate { get; } = new();
+
+    /// <summary>Bytes read but not yet handled: a partial frame waits here for the rest.</summary>
+    internal byte[] ReadBuffer { get; set; } = new byte[64 * 1024];
+
+    internal int Filled { get; set; }
+
+    internal FrameList Frames { get; } = new();
+
+    internal WireReader FrameReader { get; } = new(ReadOnlyMemory<byte>.Empty);
+
+    /// <summary>Wakes the reader thread for data; disarmed while callers read for themselves.</summary>
+    internal Platform.OsIo.ReadinessWatch? Watch { get; set; }
+
+    /// <summary>Callers reading this worker's answers themselves right now.</summary>
+    internal int Claims { get; set; }
+
+    /// <summary>The socket reached its end: nobody reads it any more but the reader thread, which is leaving.</summary>
+    internal bool Ended { get; set; }
+
     internal HashSet<int> Defined { get; } = [];
 
     /// <summary>Delegate templates the worker knows; they last as long as it does.</summary>

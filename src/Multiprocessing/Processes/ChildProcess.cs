@@ -156,7 +156,15 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
     internal async Task ChannelClosedAsync()
     {
         if (!OsProcess.HasExited(_pid!.Value, block: false))
-            await Task.Factory.StartNew(() => OsProcess.HasExited(_pid.Value, block: true), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
+            await Task.Factory.StartNew(ChannelClosed, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default).ConfigureAwait(false);
+        else
+            Reap();
+    }
+
+    /// <summary><see cref="ChannelClosedAsync"/> on a thread that may block: waits for the exit, then reaps.</summary>
+    internal void ChannelClosed()
+    {
+        OsProcess.HasExited(_pid!.Value, block: true);
         Reap();
     }
 

@@ -171,37 +171,70 @@ internal static unsafe class Blocking
 }
 
 /// <summary>
-/// A spin budget that learns: a wait that spinning ended doubles it (up to 50 µs), a wait that had to sleep anyway
-/// halves it (down to a few microseconds). Spinning pays when the other process answers within microseconds on
-/// another core; on a loaded machine the spinner takes the very core the answering process needs, so there it must
-/// give up almost at once, as a plain blocking wait would. The floor lets it notice quickly when the load is gone.
+/// A spin budget that learns: a wait that spinning ended doubles it (up to 50 µs by default), a wait that had to
+/// sleep anyway halves it (down to a few microseconds). Spinning pays when the other process answers within
+/// microseconds on another core; on a loaded machine the spinner takes the very core the answering process needs,
+/// so there it must give up almost at once, as a plain blocking wait would. At the floor, every sixteenth wait spins
+/// the whole budget again: two spinners that wait on each other (a caller and a worker) would otherwise both settle
+/// at the floor, each too short to catch the other, and never find out that the load has gone.
 /// </summary>
 /// <remarks>Per object, per process; races on the budget only blur the heuristic.</remarks>
 internal sealed class AdaptiveSpin
 {
-    private static readonly long MaxTicks = Stopwatch.Frequency / 20_000;
-    private static readonly long MinTicks = MaxTicks / 16;
-    private long _budget = MaxTicks;
+    private static readonly long DefaultMaxTicks = Stopwatch.Frequency / 20_000;
+    private readonly long _maxTicks;
+    private readonly long _minTicks;
+    private long _budget;
+    private int _atFloor;
+
+    /// <summary>A budget of at most 50 µs.</summary>
+    internal AdaptiveSpin()
+        : this(DefaultMaxTicks)
+    {
+    }
+
+    /// <summary>A budget of at most <paramref name="maxTicks"/> Stopwatch ticks.</summary>
+    internal AdaptiveSpin(long maxTicks)
+    {
+        _maxTicks = maxTicks;
+        _minTicks = maxTicks / 16;
+        _budget = maxTicks;
+    }
+
+    /// <summary>Whether spinning can help at all: with one CPU the other side cannot run while this one spins.</summary>
+    internal static bool Useful => Environment.ProcessorCount > 1;
+
+    /// <summary>How long the next wait may spin, in Stopwatch ticks.</summary>
+    internal long Budget()
+    {
+        long budget = Volatile.Read(ref _budget);
+        if (budget <= _minTicks && (Interlocked.Increment(ref _atFloor) & 15) == 0) return _maxTicks;
+        return budget;
+    }
+
+    /// <summary>Learns from a wait that spun <paramref name="budget"/>: <paramref name="ended"/> when spinning ended it.</summary>
+    internal void Learn(long budget, bool ended) =>
+        Volatile.Write(ref _budget, ended ? Math.Min(_maxTicks, budget * 2) : Math.Max(_minTicks, Math.Min(budget, Volatile.Read(ref _budget)) / 2));
 
     /// <summary>Spins while the budget lasts; true once <paramref name="ready"/> holds.</summary>
     internal bool Spin<TState>(Func<TState, bool> ready, TState state)
     {
-        if (Environment.ProcessorCount == 1) return false;
-        long budget = Volatile.Read(ref _budget);
+        if (!Useful) return false;
+        long budget = Budget();
         long until = Stopwatch.GetTimestamp() + budget;
         while (true)
         {
             Thread.SpinWait(20);
             if (ready(state))
             {
-                Volatile.Write(ref _budget, Math.Min(MaxTicks, budget * 2));
+                Learn(budget, ended: true);
                 return true;
             }
 
             if (Stopwatch.GetTimestamp() >= until) break;
         }
 
-        Volatile.Write(ref _budget, Math.Max(MinTicks, budget / 2));
+        Learn(budget, ended: false);
         return false;
     }
 }
