@@ -40,6 +40,10 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary>How long a caller waiting for a result spins first: an Apply answered within microseconds then
     /// skips the sleep and wake-up of its thread.</summary>
     private readonly Multiprocessing.Synchronization.AdaptiveSpin _waitSpin = new();
+
+    // Up to 200 µs: long enough to cover waking a worker that slept, so that a caller reading its own answers keeps
+    // doing so, and the worker, answered at once, learns to stay awake for the next task.
+    private readonly Multiprocessing.Synchronization.AdaptiveSpin _readSpin = new(System.Diagnostics.Stopwatch.Frequency / 5_000);
     private State _state = State.Running;
 
     internal ProcessPool(int? processes, Action? initializer, int? maxTasksPerChild, PoolOptions? options)
@@ -1024,7 +1028,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
         try
         {
-            return _waitSpin.Spin(static s => s.Pool.ReadFor(s.Worker, s.Done), (Pool: this, Worker: worker, Done: done));
+            return _readSpin.Spin(static s => s.Pool.ReadFor(s.Worker, s.Done), (Pool: this, Worker: worker, Done: done));
         }
         finally
         {
