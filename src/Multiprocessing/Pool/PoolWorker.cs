@@ -65,7 +65,7 @@ internal static class PoolWorker
         bool answered = false;
         while (true)
         {
-            int n = answered ? spin.Receive(fd, input.AsSpan(filled)) : OsProcess.ReadSome(fd, input.AsSpan(filled));
+            int n = answered ? spin.Receive(fd, input, filled) : OsProcess.ReadSome(fd, input.AsSpan(filled));
 
             // End of stream: the pool is gone (even SIGKILLed); there is nobody to answer.
             if (n == 0) OsProcess.ExitNow(0);
@@ -477,29 +477,17 @@ internal sealed class ApplyRunner<TResult>(Func<TResult> function) : IChunkRunne
 internal sealed class ReceiveSpin
 {
     private readonly AdaptiveSpin _spin = new(Stopwatch.Frequency / 10_000);
+    private int _fd;
+    private byte[] _buffer = [];
+    private int _offset;
+    private int _received;
 
-    /// <summary>Reads what arrives within the budget, else blocks as <see cref="OsProcess.ReadSome"/> does.</summary>
-    internal int Receive(int fd, Span<byte> buffer)
+    /// <summary>Reads into <paramref name="buffer"/> from <paramref name="offset"/> what arrives within the budget,
+    /// else blocks as <see cref="OsProcess.ReadSome"/> does.</summary>
+    internal int Receive(int fd, byte[] buffer, int offset)
     {
-        if (AdaptiveSpin.Useful)
-        {
-            long budget = _spin.Budget();
-            long until = Stopwatch.GetTimestamp() + budget;
-            do
-            {
-                int n = OsIo.TryReceiveNow(fd, buffer);
-                if (n >= 0)
-                {
-                    _spin.Learn(budget, ended: true);
-                    return n;
-                }
-
-                Thread.SpinWait(20);
-            }
-            while (Stopwatch.GetTimestamp() < until);
-            _spin.Learn(budget, ended: false);
-        }
-
-        return OsProcess.ReadSome(fd, buffer);
+        (_fd, _buffer, _offset) = (fd, buffer, offset);
+        if (_spin.Spin(static self => (self._received = OsIo.TryReceiveNow(self._fd, self._buffer.AsSpan(self._offset))) >= 0, this)) return _received;
+        return OsProcess.ReadSome(fd, buffer.AsSpan(offset));
     }
 }

@@ -983,7 +983,11 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
                 filled -= consumed;
                 if (filled > 0) buffer.AsSpan(consumed, filled).CopyTo(buffer);
-                if (filled == buffer.Length) worker.ReadBuffer = Grow(buffer);
+                if (filled == buffer.Length)
+                {
+                    Array.Resize(ref buffer, buffer.Length * 2);
+                    worker.ReadBuffer = buffer;
+                }
                 worker.Filled = filled;
             }
         }
@@ -993,12 +997,6 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: reading its results failed; replacing it", worker.Process.Pid);
             worker.Process.Kill();
             return false;
-        }
-
-        static byte[] Grow(byte[] buffer)
-        {
-            Array.Resize(ref buffer, buffer.Length * 2);
-            return buffer;
         }
     }
 
@@ -1019,12 +1017,16 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             worker = call.SentTo is { InFlight.Count: 1 } sentTo && sentTo.InFlight.Peek().Call == call ? sentTo : null;
         }
 
-        if (worker is null) return _waitSpin.Spin(static d => d.IsSet, done);
-        lock (worker.ReadGate)
+        if (worker is not null)
         {
-            if (worker.Ended || worker.Watch is null) return _waitSpin.Spin(static d => d.IsSet, done);
-            if (worker.Claims++ == 0) worker.Watch.Disarm();
+            lock (worker.ReadGate)
+            {
+                if (worker.Ended || worker.Watch is null) worker = null;
+                else if (worker.Claims++ == 0) worker.Watch.Disarm();
+            }
         }
+
+        if (worker is null) return _waitSpin.Spin(static d => d.IsSet, done);
 
         try
         {

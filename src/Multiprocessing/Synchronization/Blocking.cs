@@ -202,7 +202,7 @@ internal sealed class AdaptiveSpin
     }
 
     /// <summary>Whether spinning can help at all: with one CPU the other side cannot run while this one spins.</summary>
-    internal static bool Useful => Environment.ProcessorCount > 1;
+    private static bool Useful => Environment.ProcessorCount > 1;
 
     /// <summary>How long the next wait may spin, in Stopwatch ticks.</summary>
     internal long Budget()
