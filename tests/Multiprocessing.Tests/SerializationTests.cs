@@ -48,18 +48,27 @@ public sealed class SerializationTests
         var shape = DelegateSerializer.ReadShape(template.Shape);
         foreach (var closure in closures)
         {
-            var state = DelegateSerializer.SerializeState(closure);
+            var state = DelegateSerializer.SerializeState(closure, template);
             Assert.True(state.Length < template.Shape.Length, "the state carries the type names again");
             Assert.Equal(closure(), ((Func<string>)shape.Bind(state))());
         }
 
         // A static method has no state at all; an instance method's object is its state.
         Func<int, int> twice = Twice;
-        Assert.Equal(0, DelegateSerializer.SerializeState(twice).Length);
+        Assert.Equal(0, DelegateSerializer.SerializeState(twice, DelegateSerializer.TemplateOf(twice)!).Length);
         Assert.Equal(8, ((Func<int, int>)DelegateSerializer.ReadShape(DelegateSerializer.TemplateOf(twice)!.Shape).Bind(default))(4));
         var point = new Point(3, 4);
         Func<string> method = point.ToString;
-        Assert.Equal(point.ToString(), ((Func<string>)DelegateSerializer.ReadShape(DelegateSerializer.TemplateOf(method)!.Shape).Bind(DelegateSerializer.SerializeState(method)))());
+        var methodTemplate = DelegateSerializer.TemplateOf(method)!;
+        Assert.Equal(point.ToString(), ((Func<string>)DelegateSerializer.ReadShape(methodTemplate.Shape).Bind(DelegateSerializer.SerializeState(method, methodTemplate)))());
+
+        // One method behind two delegate types makes two shapes, each rebuilt as its own type.
+        Func<object> asObject = point.ToString;
+        var objectTemplate = DelegateSerializer.TemplateOf(asObject)!;
+        Assert.NotEqual(methodTemplate.Id, objectTemplate.Id);
+        Assert.Same(objectTemplate, DelegateSerializer.TemplateOf((Func<object>)new Point(5, 6).ToString));
+        var rebuilt = DelegateSerializer.ReadShape(objectTemplate.Shape).Bind(DelegateSerializer.SerializeState(asObject, objectTemplate));
+        Assert.Equal(point.ToString(), Assert.IsType<Func<object>>(rebuilt)());
 
         // Several methods cannot share one shape; they go whole.
         Func<int, int> both = Twice;

@@ -15,8 +15,14 @@ internal readonly record struct Outcome<T>(T Value, Exception? Error);
 /// <summary>Lets a thread that waits synchronously on a result do the work that delivers it.</summary>
 internal interface IWaitAssist
 {
-    /// <summary>Works toward <paramref name="done"/> for a short while; true once it is set.</summary>
-    bool WaitBriefly(ManualResetEventSlim done);
+    /// <summary>Works toward <paramref name="done"/> for a short while; true once it is ready.</summary>
+    bool WaitBriefly(ICompletion done);
+}
+
+/// <summary>Something a caller waits on; <see cref="Ready"/> once it completed.</summary>
+internal interface ICompletion
+{
+    bool Ready { get; }
 }
 
 internal abstract class PoolCall(ProcessPool pool, int id, int funcId, ReadOnlyMemory<byte> function)
@@ -233,12 +239,24 @@ internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, R
     : PoolCall(pool, id, funcId, function), IWaitAssist
 {
     /// <summary>A caller waiting on this task reads its worker's answers itself for a while.</summary>
-    public bool WaitBriefly(ManualResetEventSlim done) => Pool.WaitReading(this, done);
+    public bool WaitBriefly(ICompletion done) => Pool.WaitReading(this, done);
 
-    internal override bool WrittenAtOnce => false;
+    // Per-task members of a generic type are compiled fully optimised at once (AggressiveOptimization), as
+    // ApplyAsync itself: an instantiation over a value type has no precompiled code, and ApplyAsync in a loop spent
+    // its first second in unoptimised, then instrumented, copies of them.
+    internal override bool WrittenAtOnce
+    {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        get => false;
+    }
 
-    internal override bool Finished => Outstanding == 0;
+    internal override bool Finished
+    {
+        [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
+        get => Outstanding == 0;
+    }
 
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal override void Encode(int chunk, WireWriter writer) => writer.Int32(0);
 
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
@@ -253,23 +271,32 @@ internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, R
 
     internal override void Fail(int chunk, Exception error)
     {
-        if (errorCallback is { } onError) Pool.Post(() => onError(error), () => result.SetException(error));
-        else result.SetException(error);
+        if (errorCallback is null) result.SetException(error);
+        else PostFailure(error);
     }
 
     internal override void Abort(Exception error) => Fail(0, error);
 
     internal override void Cancel(OperationCanceledException error)
     {
-        if (errorCallback is { } onError) Pool.Post(() => onError(error), () => result.SetCanceled(error));
-        else result.SetCanceled(error);
+        if (errorCallback is null) result.SetCanceled(error);
+        else PostCancellation(error);
     }
 
+    // The callback paths live in their own methods: a lambda capturing a parameter makes its closure on entry to the
+    // method that declares it, so a task without callbacks would pay for one anyway.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     private void Succeed(TResult value)
     {
-        if (callback is { } onResult) Pool.Post(() => onResult(value), () => result.SetResult(value));
-        else result.SetResult(value);
+        if (callback is null) result.SetResult(value);
+        else PostResult(value);
     }
+
+    private void PostResult(TResult value) => Pool.Post(() => callback!(value), () => result.SetResult(value));
+
+    private void PostFailure(Exception error) => Pool.Post(() => errorCallback!(error), () => result.SetException(error));
+
+    private void PostCancellation(OperationCanceledException error) => Pool.Post(() => errorCallback!(error), () => result.SetCanceled(error));
 }
 
 /// <summary>

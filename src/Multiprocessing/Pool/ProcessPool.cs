@@ -32,7 +32,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     private readonly WorkerHandle?[] _slots;
     private readonly SlotTotals[] _totals;
     private readonly List<WorkerHandle> _workers = [];
-    private readonly LinkedList<ChunkRef> _pending = new();
+    private readonly ChunkQueue _pending = new();
     private readonly HashSet<PoolCall> _calls = [];
     private readonly TaskCompletionSource _allExited = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly Lazy<ResultThread> _resultThread;
@@ -323,7 +323,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
         // A lambda's shape goes to each worker once; a task carries only what its closure holds.
         var template = DelegateSerializer.TemplateOf(func);
-        var function = template is null ? DelegateSerializer.Serialize(func) : DelegateSerializer.SerializeState(func);
+        var function = template is null ? DelegateSerializer.Serialize(func) : DelegateSerializer.SerializeState(func, template);
         var result = new AsyncResult<TResult>(_waitSpin);
         ApplyCall<TResult> call;
         lock (_gate)
@@ -595,17 +595,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
     private void DropQueued(PoolCall call)
     {
-        for (var node = _pending.First; node is not null;)
-        {
-            var next = node.Next;
-            if (node.Value.Call == call)
-            {
-                _pending.Remove(node);
-                call.Outstanding--;
-            }
-
-            node = next;
-        }
+        call.Outstanding -= _pending.RemoveAll(call);
     }
 
     /// <summary>Registers a new call, with its time limit (its own, else the pool's).</summary>
@@ -673,7 +663,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
             foreach (var worker in _workers)
             {
-                if (worker.InFlight.Any(held => held.Call == call)) worker.Board.Cancel(call.FuncId);
+                if (worker.InFlight.Holds(call)) worker.Board.Cancel(call.FuncId);
             }
 
             UpdateWatchdog();
@@ -735,7 +725,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             long running = worker.Board.Running;
             long index = running - worker.Answered - 1;
             if (running == 0 || index < 0 || index >= worker.InFlight.Count) continue;
-            var chunk = worker.InFlight.ElementAt((int)index);
+            var chunk = worker.InFlight[(int)index];
             if (!chunk.Call.Cancelled) continue;
             if (worker.CancelledChunk != running)
             {
@@ -762,7 +752,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     {
         long now = System.Diagnostics.Stopwatch.GetTimestamp();
         _touched.Clear();
-        while (_pending.First is { } node)
+        while (_pending.TryPeek(out var next))
         {
             WorkerHandle? target = null;
             foreach (var worker in _slots)
@@ -779,8 +769,8 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 target.HeadStarted = now;
             }
 
-            _pending.RemoveFirst();
-            var (call, chunk) = node.Value;
+            _pending.Dequeue();
+            var (call, chunk) = next;
             var output = target.Pending;
             if (call.Template is { } template)
             {
@@ -828,7 +818,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 continue;
             }
 
-            target.InFlight.Enqueue(node.Value);
+            target.InFlight.AddLast(next);
             call.SentTo = target;
             target.Unsent++;
             target.Urgent |= call.WrittenAtOnce;
@@ -1007,7 +997,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// it stays asleep for answers the caller reads.
     /// </summary>
     /// <returns>True when the result is ready; false when the spin budget ran out first.</returns>
-    internal bool WaitReading(PoolCall call, ManualResetEventSlim done)
+    internal bool WaitReading(PoolCall call, ICompletion done)
     {
         WorkerHandle? worker;
         lock (_gate)
@@ -1026,7 +1016,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             }
         }
 
-        if (worker is null) return _waitSpin.Spin(static d => d.IsSet, done);
+        if (worker is null) return _waitSpin.Spin(static d => d.Ready, done);
 
         try
         {
@@ -1041,9 +1031,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    private bool ReadFor(WorkerHandle worker, ManualResetEventSlim done)
+    private bool ReadFor(WorkerHandle worker, ICompletion done)
     {
-        if (done.IsSet) return true;
+        if (done.Ready) return true;
         if (!Monitor.TryEnter(worker.ReadGate)) return false;
         try
         {
@@ -1054,7 +1044,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             Monitor.Exit(worker.ReadGate);
         }
 
-        return done.IsSet;
+        return done.Ready;
     }
 
     private void Handle(WorkerHandle worker, WireReader reader)
@@ -1133,7 +1123,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             if (!running.Call.Cancelled)
                 running.Call.Fail(running.Chunk, worker.KillReason ?? new WorkerLostException(worker.Process.Pid!.Value, worker.Process.ExitCode ?? -1));
             if (running.Call.Finished) Retire(running.Call);
-            foreach (var queued in worker.InFlight.Reverse()) _pending.AddFirst(queued);
+            _pending.AddFirst(worker.InFlight);
             worker.InFlight.Clear();
         }
 

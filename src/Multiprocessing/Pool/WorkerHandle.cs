@@ -47,7 +47,7 @@ internal sealed class WorkerHandle(int index, ChildProcess process, WorkerBoard 
         Urgent = false;
     }
 
-    internal Queue<ChunkRef> InFlight { get; } = new();
+    internal ChunkQueue InFlight { get; } = new();
 
     /// <summary>Held by whoever reads the socket: the reader thread, or a caller waiting on an Apply this worker
     /// runs. Guards the fields below and the watch; taken before the pool's lock, never inside it.</summary>

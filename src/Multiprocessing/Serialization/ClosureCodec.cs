@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Reflection;
 using System.Runtime.CompilerServices;
 
@@ -11,17 +12,18 @@ namespace Multiprocessing.Serialization;
 internal static class ClosureCodec
 {
     /// <summary>Lambdas' display classes and the static-lambda singleton class.</summary>
-    internal static bool IsClosure(Type type) =>
-        type.IsClass && type.Name.StartsWith("<>c", StringComparison.Ordinal) && type.IsDefined(typeof(CompilerGeneratedAttribute), false);
+    internal static bool IsClosure(Type type) => LayoutOf(type).IsClosure;
 
     internal static void Write(WireWriter writer, Type type, object value, HashSet<(Module, int)>? used)
     {
-        var fields = FieldsOf(type);
+        var (fields, sent) = PlanOf(type, used);
         writer.Int32(fields.Length);
-        foreach (var field in fields)
+        for (int i = 0; i < fields.Length; i++)
         {
+            var field = fields[i];
+
             // A variable only a neighbouring lambda uses stays behind as its default.
-            var item = used is null || used.Contains((field.Module, field.MetadataToken)) ? field.GetValue(value) : null;
+            var item = sent[i] ? field.GetValue(value) : null;
             var runtime = item?.GetType() ?? field.FieldType;
             try
             {
@@ -53,18 +55,57 @@ internal static class ClosureCodec
         return target;
     }
 
-    private static readonly Dictionary<Type, FieldInfo[]> Fields = [];
+    // Asked for every value written or read, so cached per type (the attribute lookup alone cost 200 ns), keyed by
+    // a reference type: a dictionary keyed by a tuple has no precompiled code.
+    private static readonly ConcurrentDictionary<Type, Layout> Layouts = new();
 
-    private static FieldInfo[] FieldsOf(Type type)
+    private static Layout LayoutOf(Type type) => Layouts.GetOrAdd(type, static type => new Layout(
+        type.IsClass && type.Name.StartsWith("<>c", StringComparison.Ordinal) && type.IsDefined(typeof(CompilerGeneratedAttribute), false)));
+
+    private static FieldInfo[] FieldsOf(Type type) => LayoutOf(type).Fields(type);
+
+    private static (FieldInfo[] Fields, bool[] Sent) PlanOf(Type type, HashSet<(Module, int)>? used)
     {
-        lock (Fields)
+        var layout = LayoutOf(type);
+        return (layout.Fields(type), layout.Sent(type, used));
+    }
+
+    /// <summary>What one type is to this codec.</summary>
+    private sealed class Layout(bool isClosure)
+    {
+        private FieldInfo[]? _fields;
+
+        // Which fields go, per set of used fields (the set is cached per method, so its identity is the key): asking
+        // each field its module and token for every task cost more than the copy. A type has one entry per lambda
+        // that closes over it, so a list beats a dictionary.
+        private (HashSet<(Module, int)>? Used, bool[] Sent)[] _plans = [];
+
+        internal bool IsClosure { get; } = isClosure;
+
+        internal FieldInfo[] Fields(Type type)
         {
-            if (Fields.TryGetValue(type, out var cached)) return cached;
+            if (_fields is { } known) return known;
             var fields = type.GetFields(BindingFlags.Instance | BindingFlags.Public | BindingFlags.NonPublic);
 
             // Declaration order is metadata order on both sides of the same build.
             Array.Sort(fields, static (a, b) => a.MetadataToken.CompareTo(b.MetadataToken));
-            return Fields[type] = fields;
+            return _fields = fields;
+        }
+
+        internal bool[] Sent(Type type, HashSet<(Module, int)>? used)
+        {
+            foreach (var (set, sent) in Volatile.Read(ref _plans))
+            {
+                if (set == used) return sent;
+            }
+
+            var made = Array.ConvertAll(Fields(type), field => used is null || used.Contains((field.Module, field.MetadataToken)));
+            lock (this)
+            {
+                _plans = [.. _plans, (used, made)];
+            }
+
+            return made;
         }
     }
 }

@@ -49,12 +49,16 @@ internal static class DelegateCodec
     }
 
     /// <summary>Writes the state of a delegate's target (the variables a closure's method reads).</summary>
-    internal static void WriteTarget(WireWriter writer, Delegate part)
+    internal static void WriteTarget(WireWriter writer, Delegate part) =>
+        WriteTarget(writer, part.Target!.GetType(), part.Target, CaptureAnalysis.UsedClosureFields(part.Method));
+
+    /// <summary>Writes <paramref name="target"/>, of <paramref name="targetType"/>, sending only the closure fields
+    /// in <paramref name="used"/> (all for null).</summary>
+    internal static void WriteTarget(WireWriter writer, Type targetType, object target, HashSet<(Module, int)>? used)
     {
-        var targetType = part.Target!.GetType();
         try
         {
-            ValueCodec.Write(writer, targetType, part.Target, CaptureAnalysis.UsedClosureFields(part.Method));
+            ValueCodec.Write(writer, targetType, target, used);
         }
         catch (Exception ex) when (!ClosureCodec.IsClosure(targetType))
         {

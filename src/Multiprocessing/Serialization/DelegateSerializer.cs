@@ -27,8 +27,15 @@ internal static class DelegateSerializer
     // A program has as many shapes as it has lambdas (times generic instantiations); past this many, something
     // makes new methods at run time, and such delegates go whole, as they would without templates.
     private const int MaxTemplates = 4096;
-    private static readonly ConcurrentDictionary<(Type Delegate, MethodInfo Method, Type? Target), DelegateTemplate> Templates = new();
+    // Keyed by method alone, with the few (delegate type, target type) pairs of one method side by side: a
+    // dictionary keyed by a tuple of types has no precompiled code, and its unoptimised copy was a per-task cost
+    // until the JIT got round to it.
+    private static readonly ConcurrentDictionary<MethodInfo, DelegateTemplate[]> Templates = new();
+    private static int _templateCount;
     private static int _templateIds;
+
+    [ThreadStatic]
+    private static WireWriter? _scratch;
 
     /// <summary>
     /// The shape of <paramref name="target"/> (its type, method and target type), made once per lambda: a worker
@@ -40,21 +47,63 @@ internal static class DelegateSerializer
     internal static DelegateTemplate? TemplateOf(Delegate target)
     {
         if (!target.HasSingleTarget) return null;
-        var key = (target.GetType(), target.Method, target.Target?.GetType());
-        if (Templates.TryGetValue(key, out var known)) return known;
-        if (Templates.Count >= MaxTemplates) return null;
+        var method = target.Method;
+        var delegateType = target.GetType();
+        var targetType = target.Target?.GetType();
+        if (Templates.TryGetValue(method, out var known))
+        {
+            foreach (var template in known)
+            {
+                if (template.DelegateType == delegateType && template.TargetType == targetType) return template;
+            }
+        }
+
+        return Volatile.Read(ref _templateCount) >= MaxTemplates ? null : AddTemplate(target, method, delegateType, targetType);
+    }
+
+    private static DelegateTemplate AddTemplate(Delegate target, MethodInfo method, Type delegateType, Type? targetType)
+    {
         var shape = Guarded(target, static (writer, target) =>
         {
             TypeNames.Write(writer, target.GetType());
             DelegateCodec.WriteShape(writer, target);
         });
-        return Templates.GetOrAdd(key, new DelegateTemplate(Interlocked.Increment(ref _templateIds), shape));
+        var used = targetType is null ? null : CaptureAnalysis.UsedClosureFields(method);
+        var made = new DelegateTemplate(Interlocked.Increment(ref _templateIds), shape, delegateType, targetType, used);
+        var all = Templates.AddOrUpdate(method, static (_, made) => [made], static (_, known, made) =>
+            known.FirstOrDefault(t => t.DelegateType == made.DelegateType && t.TargetType == made.TargetType) is null ? [.. known, made] : known, made);
+        var chosen = all.First(t => t.DelegateType == delegateType && t.TargetType == targetType);
+        if (chosen == made) Interlocked.Increment(ref _templateCount);
+        return chosen;
     }
 
-    /// <summary>The state of <paramref name="target"/>'s target (empty for a static method), to go with its template.</summary>
+    /// <summary>The state of <paramref name="target"/>'s target (empty for a static method), to go with its
+    /// <paramref name="template"/>, which already knows what of the target its method reads.</summary>
     /// <exception cref="SerializationException">A captured value cannot travel; the message names it.</exception>
-    internal static ReadOnlyMemory<byte> SerializeState(Delegate target) =>
-        target.Target is null ? ReadOnlyMemory<byte>.Empty : Guarded(target, static (writer, target) => DelegateCodec.WriteTarget(writer, target));
+    internal static ReadOnlyMemory<byte> SerializeState(Delegate target, DelegateTemplate template)
+    {
+        if (template.TargetType is null) return ReadOnlyMemory<byte>.Empty;
+
+        // Written into this thread's scratch buffer and copied out at its exact size: the state of a typical closure
+        // is a dozen bytes, and a buffer per task would be most of what a task allocates.
+        // Taken out while in use: a captured value's formatter is user code, and may serialize another closure.
+        var writer = _scratch ?? new WireWriter();
+        _scratch = null;
+        writer.Reset();
+        try
+        {
+            DelegateCodec.WriteTarget(writer, template.TargetType, target.Target!, template.Used);
+            return writer.WrittenSpan.ToArray();
+        }
+        catch (Exception ex) when (Explains(ex))
+        {
+            throw Explain(ex);
+        }
+        finally
+        {
+            _scratch = writer;
+        }
+    }
 
     /// <summary>Reads a template's shape in a worker.</summary>
     internal static DelegateShape ReadShape(ReadOnlyMemory<byte> payload)
@@ -73,21 +122,29 @@ internal static class DelegateSerializer
             write(writer, target);
             return writer.Written;
         }
-        catch (CaptureException ex)
+        catch (Exception ex) when (Explains(ex))
         {
-            throw new SerializationException(
-                $"The target cannot be sent to a child process: it captures '{ex.Path}' of type {TravelPolicy.Describe(ex.ValueType)}, which cannot travel: {ex.Message}",
-                ex.InnerException);
-        }
-        catch (Exception ex) when (ex is NotSupportedException or MessagePackSerializationException or InvalidOperationException)
-        {
-            throw new SerializationException($"The target cannot be sent to a child process: {ex.Message}", ex);
+            throw Explain(ex);
         }
     }
+
+    private static bool Explains(Exception ex) =>
+        ex is CaptureException or NotSupportedException or MessagePackSerializationException or InvalidOperationException;
+
+    /// <summary>The exception a caller sees for <paramref name="ex"/> (one that <see cref="Explains"/>), thrown while
+    /// writing a delegate.</summary>
+    private static SerializationException Explain(Exception ex) => ex switch
+    {
+        CaptureException capture => new SerializationException(
+            $"The target cannot be sent to a child process: it captures '{capture.Path}' of type {TravelPolicy.Describe(capture.ValueType)}, which cannot travel: {capture.Message}",
+            capture.InnerException),
+        _ => new SerializationException($"The target cannot be sent to a child process: {ex.Message}", ex),
+    };
 }
 
-/// <summary>A delegate shape known to this process by <paramref name="Id"/>, and its bytes.</summary>
-internal sealed record DelegateTemplate(int Id, ReadOnlyMemory<byte> Shape);
+/// <summary>A delegate shape known to this process by <paramref name="Id"/>, and its bytes; its delegate type, its
+/// target's type (null for a static method) and the closure fields its method reads (null for all).</summary>
+internal sealed record DelegateTemplate(int Id, ReadOnlyMemory<byte> Shape, Type DelegateType, Type? TargetType, HashSet<(Module, int)>? Used);
 
 /// <summary>A delegate without its target's state, rebuilt in a worker; <see cref="Bind"/> adds a task's state.</summary>
 internal sealed class DelegateShape(Type delegateType, MethodInfo method, Type? targetType)
