@@ -321,7 +321,7 @@ public static class Mp
     public static StartMethod StartMethod { get; private set; } = StartMethod.Spawn;
 
     /// <summary>Chooses how children are started, as <c>mp.set_start_method()</c>. Unlike Python it may be called
-    /// again; switching away from <see cref="StartMethod.Prespawn"/> stops the warm spare.</summary>
+    /// again; switching away from <see cref="StartMethod.Prespawn"/> stops the warm spares.</summary>
     /// <param name="method">The start method.</param>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="method"/> is not a defined value.</exception>
     public static void SetStartMethod(StartMethod method)

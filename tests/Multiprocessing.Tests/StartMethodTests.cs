@@ -31,6 +31,41 @@ public sealed class StartMethodTests : ProcessTest
     }
 
     [Fact]
+    public void A_pool_made_under_Prespawn_leaves_as_many_spares_as_it_has_workers_and_the_next_pool_starts_from_them()
+    {
+        Mp.SetStartMethod(StartMethod.Prespawn);
+        int[] spares;
+        using (var first = Mp.Pool(3))
+        {
+            Assert.Equal([1, 4, 9], first.Map(x => x * x, [1, 2, 3]));
+            var workers = first.GetWorkerStatistics().Select(w => w.Pid!.Value).ToHashSet();
+            spares = Leaks.ChildrenOf(Environment.ProcessId).Where(pid => !workers.Contains(pid)).Order().ToArray();
+            Assert.Equal(3, spares.Length);
+            first.Close();
+            first.Join();
+        }
+
+        using (var second = Mp.Pool(3))
+        {
+            Assert.Equal([1, 4, 9], second.Map(x => x * x, [1, 2, 3]));
+            Assert.Equal(spares, second.GetWorkerStatistics().Select(w => w.Pid!.Value).Order().ToArray());
+            second.Close();
+            second.Join();
+        }
+
+        // Its own three spares wait for the next pool; switching back to Spawn stops them, and they go back to one.
+        Assert.Equal(3, Leaks.ChildrenOf(Environment.ProcessId).Count);
+        Mp.SetStartMethod(StartMethod.Spawn);
+        Assert.Empty(Leaks.ChildrenOf(Environment.ProcessId));
+        Mp.SetStartMethod(StartMethod.Prespawn);
+        var p = Mp.Process(ChildProcessTests.Empty);
+        p.Start();
+        Assert.True(p.Join(Guard));
+        Assert.Single(Leaks.ChildrenOf(Environment.ProcessId));
+        Mp.SetStartMethod(StartMethod.Spawn);
+    }
+
+    [Fact]
     public void Prespawn_applies_environment_changes_made_after_the_spare_booted()
     {
         Mp.SetStartMethod(StartMethod.Prespawn);

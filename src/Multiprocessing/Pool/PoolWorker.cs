@@ -329,9 +329,9 @@ internal static class ChunkRunner
         return factory(function);
     }
 
-    private static IChunkRunner MakeMap<T, TResult>(Delegate function) => new MapRunner<T, TResult>((Func<T, TResult>)function);
+    internal static IChunkRunner MakeMap<T, TResult>(Delegate function) => new MapRunner<T, TResult>((Func<T, TResult>)function);
 
-    private static IChunkRunner MakeApply<TResult>(Delegate function) => new ApplyRunner<TResult>((Func<TResult>)function);
+    internal static IChunkRunner MakeApply<TResult>(Delegate function) => new ApplyRunner<TResult>((Func<TResult>)function);
 
     /// <summary>Writes one item's outcome; a result that cannot be encoded becomes that item's failure.</summary>
     internal static void WriteOutcome<TResult>(WireWriter output, TResult result, Exception? error, WorkerCounters stats)
@@ -370,9 +370,6 @@ internal sealed class MapRunner<T, TResult>(Func<T, TResult> function) : IChunkR
     private TResult[] _results = [];
     private Exception?[] _errors = [];
 
-    // Compiled fully optimised at first use: a loop over a value-type instantiation has no precompiled code, and
-    // tiering would run it unoptimised, then instrumented, for the first thousands of items in every fresh worker.
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public void Run(WireReader input, int count, WireWriter output, WorkerCounters stats)
     {
         if (_items.Length < count)
@@ -489,5 +486,50 @@ internal sealed class ReceiveSpin
         (_fd, _buffer, _offset) = (fd, buffer, offset);
         if (_spin.Spin(static self => (self._received = OsIo.TryReceiveNow(self._fd, self._buffer.AsSpan(self._offset))) >= 0, this)) return _received;
         return OsProcess.ReadSome(fd, buffer.AsSpan(offset));
+    }
+}
+
+/// <summary>
+/// Names the pool's generic code for the common item and result types, so that the ReadyToRun compiler builds those
+/// instantiations into this assembly: a fresh worker then runs a map of ints or strings without loading the JIT for
+/// them (it cost a new worker several milliseconds of its start). Other types are compiled at first use and tier up
+/// as usual. Never called.
+/// </summary>
+internal static class PrecompiledInstantiations
+{
+    [System.Diagnostics.CodeAnalysis.SuppressMessage("Performance", "CA1822", Justification = "Only read by the ReadyToRun compiler.")]
+    internal static void Name()
+    {
+        Apply<int>();
+        Apply<long>();
+        Apply<double>();
+        Apply<bool>();
+        Apply<string>();
+        From<int>();
+        From<long>();
+        From<double>();
+        From<string>();
+    }
+
+    private static void From<T>()
+    {
+        Map<T, int>();
+        Map<T, long>();
+        Map<T, double>();
+        Map<T, bool>();
+        Map<T, string>();
+    }
+
+    private static void Map<T, TResult>()
+    {
+        ChunkRunner.MakeMap<T, TResult>(null!).Run(null!, 0, null!, null!);
+        ItemCodec<T>.ReadMany(null!, default);
+        ItemCodec<TResult>.WriteMany(null!, default);
+    }
+
+    private static void Apply<TResult>()
+    {
+        ChunkRunner.MakeApply<TResult>(null!).Run(null!, 0, null!, null!);
+        ChunkRunner.WriteOutcome<TResult>(null!, default!, null, null!);
     }
 }

@@ -57,6 +57,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         _slots = new WorkerHandle?[Processes];
         _totals = new SlotTotals[Processes];
         _resultThread = new(() => new ResultThread(ProcessRuntime.Logger));
+        // Under Prespawn, as many booted runtimes as this pool has workers wait for the next pool (or for this
+        // one's replacements); they are launched once its workers are ready.
+        if (Mp.StartMethod == StartMethod.Prespawn) Multiprocessing.Processes.Launcher.Reserve(Processes);
         lock (_gate)
         {
             try
@@ -1073,6 +1076,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 {
                     worker.Ready = true;
                     worker.HeadStarted = System.Diagnostics.Stopwatch.GetTimestamp();
+                    if (Mp.StartMethod == StartMethod.Prespawn) ThreadPool.UnsafeQueueUserWorkItem(static _ => ReplenishSpares(), null);
                 }
 
                 worker.Tasks = reader.Int64();
@@ -1179,7 +1183,10 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         ChildProcess process;
         try
         {
-            process = new ChildProcess(() => PoolWorker.Run(initializer, board), $"SpawnPoolWorker-{Interlocked.Increment(ref _workerCounter)}", daemon: true, environment, ownsChannel: true);
+            process = new ChildProcess(() => PoolWorker.Run(initializer, board), $"SpawnPoolWorker-{Interlocked.Increment(ref _workerCounter)}", daemon: true, environment, ownsChannel: true)
+            {
+                ReplenishesSpareItself = true,
+            };
             process.Start();
         }
         catch
@@ -1191,23 +1198,57 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         var worker = new WorkerHandle(index, process, board);
         _workers.Add(worker);
         _slots[index] = worker;
-        new Thread(() =>
+
+        // Started from the thread pool: Thread.Start waits until the new thread runs, which took milliseconds while
+        // the workers just launched were booting on every core, and nothing needs the reader before the worker's
+        // first answer. Tasks are written by whoever submits them.
+        ThreadPool.UnsafeQueueUserWorkItem(static state => state.Pool.StartReader(state.Worker), (Pool: this, Worker: worker), preferLocal: false);
+    }
+
+    private void StartReader(WorkerHandle worker)
+    {
+        try
         {
-            try
+            new Thread(() => Read(worker))
             {
-                ReadLoop(worker);
-            }
-            catch (Exception ex)
-            {
-                // Past the reading itself: reaping the worker or starting its replacement failed. An exception
-                // must not end the whole process from this thread; the pool reports what it can.
-                ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: handling its exit failed", worker.Process.Pid);
-            }
-        })
+                IsBackground = true,
+                Name = "Multiprocessing pool reader",
+            }.Start();
+        }
+        catch (Exception ex) when (ex is OutOfMemoryException or ThreadStartException)
         {
-            IsBackground = true,
-            Name = "Multiprocessing pool reader",
-        }.Start();
+            // The worker's answers still need a reader: this thread-pool thread becomes it.
+            ProcessRuntime.Logger.LogWarning(ex, "Pool worker {Pid}: no thread could be started to read it; a thread-pool thread reads it instead", worker.Process.Pid);
+            Read(worker);
+        }
+    }
+
+    private void Read(WorkerHandle worker)
+    {
+        try
+        {
+            ReadLoop(worker);
+        }
+        catch (Exception ex)
+        {
+            // Past the reading itself: reaping the worker or starting its replacement failed. An exception must not
+            // end the whole process from this thread; the pool reports what it can.
+            ProcessRuntime.Logger.LogError(ex, "Pool worker {Pid}: handling its exit failed", worker.Process.Pid);
+        }
+    }
+
+    /// <summary>Boots the spares that replace those this pool's workers were taken from, once a worker is ready.</summary>
+    private static void ReplenishSpares()
+    {
+        try
+        {
+            Multiprocessing.Processes.Launcher.Replenish();
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            // Only the next pool's start is slower for it: it spawns what it cannot take.
+            ProcessRuntime.Logger.LogWarning(ex, "Booting spare processes for Prespawn failed");
+        }
     }
 
     /// <summary>After its last allowed task a worker is told to finish and exit; a fresh one takes its slot.</summary>

@@ -113,7 +113,7 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
             // Everything that can fail because of the target fails here, before a process exists.
             var payload = DelegateSerializer.Serialize(_target);
 
-            var child = Launcher.Acquire(Mp.StartMethod, _environment, out var environmentDelta);
+            var child = Launcher.Acquire(Mp.StartMethod, _environment, out var environmentDelta, replenish: !ReplenishesSpareItself);
             var current = ProcessRuntime.Current;
             var job = new ProcessJob
             {
@@ -147,6 +147,11 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
             if (!_ownsChannel) _ = WatchAsync(child.Control);
         }
     }
+
+    /// <summary>Set by a pool: under Prespawn, taking a spare for this process does not boot its replacement at once;
+    /// the pool asks for it once this worker is ready, so that booting spares do not compete with the pool's own
+    /// workers for the CPU while they start.</summary>
+    internal bool ReplenishesSpareItself { get; init; }
 
     /// <summary>The parent's end of the control socket, for a process started with ownsChannel (a pool worker).</summary>
     internal Socket Channel => _control ?? throw new InvalidOperationException("not started");

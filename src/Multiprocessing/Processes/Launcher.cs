@@ -22,13 +22,49 @@ internal static class Launcher
 
     private static readonly Lazy<Command> Resolved = new(Resolve);
     private static readonly object SpareGate = new();
-    private static LaunchedChild? _spare;
+    private static readonly List<LaunchedChild> Spares = [];
 
-    /// <summary>Gets a child runtime ready for a job: the warm spare when the start method allows and the
+    // How many spares to keep: one for Process, as many as the largest pool started under Prespawn (so a pool made
+    // again, or a pool's replacement workers, start from booted runtimes), at most MaxSpares.
+    private static int _spareTarget = 1;
+
+    /// <summary>The most warm spares kept, whatever pools ask for: each is an idle runtime's memory.</summary>
+    internal static int MaxSpares => Math.Max(2, 2 * Environment.ProcessorCount);
+
+    /// <summary>How many spares are booting or waiting now.</summary>
+    internal static int SpareCount
+    {
+        get
+        {
+            lock (SpareGate) return Spares.Count;
+        }
+    }
+
+    /// <summary>Under Prespawn, keeps at least <paramref name="count"/> spares from now on (at most
+    /// <see cref="MaxSpares"/>); they are launched by later Acquires and <see cref="Replenish"/> calls.</summary>
+    internal static void Reserve(int count)
+    {
+        lock (SpareGate) _spareTarget = Math.Clamp(count, _spareTarget, MaxSpares);
+    }
+
+    /// <summary>Under Prespawn, launches spares until there are as many as wanted.</summary>
+    internal static void Replenish()
+    {
+        if (Mp.StartMethod == StartMethod.Prespawn) TopUp(CurrentEnvironment());
+    }
+
+    /// <summary>Gets a child runtime ready for a job: a warm spare when the start method allows and the
     /// environment still matches what it booted with, else a new one.</summary>
-    internal static LaunchedChild Acquire(StartMethod method, IReadOnlyDictionary<string, string>? extraEnvironment, out IReadOnlyList<KeyValuePair<string, string?>> environmentDelta)
+    /// <param name="method">The start method in force.</param>
+    /// <param name="extraEnvironment">Variables for this child only, on top of the current environment.</param>
+    /// <param name="environmentDelta">What the child must set before its job runs (a spare booted earlier).</param>
+    /// <param name="replenish">Whether to launch the replacement spares now; otherwise the caller calls
+    /// <see cref="Replenish"/> later.</param>
+    internal static LaunchedChild Acquire(StartMethod method, IReadOnlyDictionary<string, string>? extraEnvironment, out IReadOnlyList<KeyValuePair<string, string?>> environmentDelta,
+        bool replenish = true)
     {
         var environment = CurrentEnvironment();
+        var plain = extraEnvironment is null ? environment : new Dictionary<string, string>(environment, StringComparer.Ordinal);
         if (extraEnvironment is not null)
         {
             foreach (var (key, value) in extraEnvironment) environment[key] = value;
@@ -41,44 +77,68 @@ internal static class Launcher
             return Launch(environment);
         }
 
-        LaunchedChild? spare;
+        LaunchedChild? taken = null;
+        List<LaunchedChild> stale = [];
         lock (SpareGate)
         {
-            spare = _spare;
-            _spare = null;
+            // Oldest first: it has had the longest to boot.
+            while (taken is null && Spares.Count > 0)
+            {
+                var spare = Spares[0];
+                Spares.RemoveAt(0);
+                if (!OsProcess.HasExited(spare.Pid, block: false) && TryDiff(spare.Environment, environment, out environmentDelta)) taken = spare;
+                else stale.Add(spare);
+            }
         }
 
-        if (spare is not null && (OsProcess.HasExited(spare.Pid, block: false) || !TryDiff(spare.Environment, environment, out environmentDelta)))
-        {
-            Discard(spare);
-            spare = null;
-            environmentDelta = [];
-        }
+        foreach (var spare in stale) Discard(spare);
+        if (taken is null) environmentDelta = [];
+        var result = taken ?? Launch(environment);
 
-        var result = spare ?? Launch(environment);
-
-        // The next spare boots with the plain environment; per-worker variables are applied as a delta.
-        var next = Launch(extraEnvironment is null ? environment : CurrentEnvironment());
-        lock (SpareGate)
-        {
-            (_spare, next) = (next, _spare);
-        }
-
-        if (next is not null) Discard(next);
+        // Spares boot with the plain environment; per-worker variables are applied as a delta.
+        if (replenish) TopUp(plain);
         return result;
     }
 
-    /// <summary>Kills and reaps the warm spare, if any.</summary>
+    /// <summary>Kills and reaps the warm spares, if any, and goes back to keeping one.</summary>
     internal static void DrainSpare()
     {
-        LaunchedChild? spare;
+        LaunchedChild[] spares;
         lock (SpareGate)
         {
-            spare = _spare;
-            _spare = null;
+            spares = [.. Spares];
+            Spares.Clear();
+            _spareTarget = 1;
         }
 
-        if (spare is not null) Discard(spare);
+        foreach (var spare in spares) Discard(spare);
+    }
+
+    /// <summary>Launches spares until there are as many as wanted.</summary>
+    private static void TopUp(Dictionary<string, string> environment)
+    {
+        while (true)
+        {
+            lock (SpareGate)
+            {
+                if (Spares.Count >= _spareTarget) return;
+            }
+
+            var spare = Launch(environment);
+            bool kept;
+            lock (SpareGate)
+            {
+                // Another thread may have filled the list meanwhile (or drained it for Spawn: then the target is 1).
+                kept = Spares.Count < _spareTarget;
+                if (kept) Spares.Add(spare);
+            }
+
+            if (!kept)
+            {
+                Discard(spare);
+                return;
+            }
+        }
     }
 
     private static void Discard(LaunchedChild child)

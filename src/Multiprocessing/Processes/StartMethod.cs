@@ -7,8 +7,10 @@ public enum StartMethod
     /// <summary>Python's "spawn": every Start launches a new process. Nothing runs ahead of time. The default.</summary>
     Spawn,
 
-    /// <summary>The forkserver idea without fork: one spare child is kept booted and waiting, so Start hands it the
-    /// target at once and launches the next spare in the background. Faster starts for one idle process's memory.
+    /// <summary>The forkserver idea without fork: a spare child is kept booted and waiting, so Start hands it the
+    /// target at once and launches the next spare in the background. After a pool is made, as many spares as it has
+    /// workers are kept (at most twice the CPU count), so the next pool starts from booted runtimes too. Faster starts
+    /// for each idle spare's memory.
     /// A spare cannot take environment changes the runtime reads at boot (DOTNET_*, LD_*); Start then spawns.</summary>
     Prespawn,
 }

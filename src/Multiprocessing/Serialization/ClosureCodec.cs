@@ -1,4 +1,3 @@
-using System.Collections.Concurrent;
 using System.Reflection;
 using System.Runtime.CompilerServices;
 
@@ -56,11 +55,20 @@ internal static class ClosureCodec
     }
 
     // Asked for every value written or read, so cached per type (the attribute lookup alone cost 200 ns), keyed by
-    // a reference type: a dictionary keyed by a tuple has no precompiled code.
-    private static readonly ConcurrentDictionary<Type, Layout> Layouts = new();
+    // a reference type (a dictionary keyed by a tuple has no precompiled code), and a plain dictionary under a lock:
+    // a fresh child would load System.Collections.Concurrent for a ConcurrentDictionary.
+    private static readonly Dictionary<Type, Layout> Layouts = [];
 
-    private static Layout LayoutOf(Type type) => Layouts.GetOrAdd(type, static type => new Layout(
-        type.IsClass && type.Name.StartsWith("<>c", StringComparison.Ordinal) && type.IsDefined(typeof(CompilerGeneratedAttribute), false)));
+    private static Layout LayoutOf(Type type)
+    {
+        lock (Layouts)
+        {
+            if (Layouts.TryGetValue(type, out var known)) return known;
+            var layout = new Layout(type.IsClass && type.Name.StartsWith("<>c", StringComparison.Ordinal) && type.IsDefined(typeof(CompilerGeneratedAttribute), false));
+            Layouts[type] = layout;
+            return layout;
+        }
+    }
 
     private static FieldInfo[] FieldsOf(Type type) => LayoutOf(type).Fields(type);
 

@@ -11,7 +11,6 @@ internal static class ItemCodec<T>
     /// Parent and worker run the same build, so the layout is the same on both sides.</summary>
     internal static readonly bool Blittable = !System.Runtime.CompilerServices.RuntimeHelpers.IsReferenceOrContainsReferences<T>();
 
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void WriteMany(WireWriter writer, ReadOnlySpan<T> items)
     {
         if (Blittable)
@@ -25,7 +24,6 @@ internal static class ItemCodec<T>
         foreach (var item in items) Write(writer, item);
     }
 
-    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     internal static void ReadMany(WireReader reader, Span<T> items)
     {
         if (Blittable)

@@ -63,12 +63,28 @@ internal static class ValueCodec
         }
         else
         {
-            var blob = new ArrayBufferWriter<byte>();
-            var mp = new MessagePackWriter(blob);
-            GetThunks(type).Write(ref mp, value);
-            mp.Flush();
-            writer.Bytes(blob.WrittenSpan);
+            WriteBlob(writer, type, value);
         }
+    }
+
+    // The MessagePack paths are methods of their own: a method with a MessagePack struct among its locals loads
+    // MessagePack.dll when it is first called, and a fresh child that only reads primitives and closures would pay
+    // for it.
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static void WriteBlob(WireWriter writer, Type type, object value)
+    {
+        var blob = new ArrayBufferWriter<byte>();
+        var mp = new MessagePackWriter(blob);
+        GetThunks(type).Write(ref mp, value);
+        mp.Flush();
+        writer.Bytes(blob.WrittenSpan);
+    }
+
+    [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.NoInlining)]
+    private static object? ReadBlob(WireReader reader, Type type)
+    {
+        var mp = new MessagePackReader(reader.Bytes());
+        return GetThunks(type).Read(ref mp);
     }
 
     internal static object? Read(WireReader reader, Type type)
@@ -94,8 +110,7 @@ internal static class ValueCodec
         if (SharedMemory.SharedHandles.IsShared(type)) return SharedMemory.SharedHandles.Read(reader, type);
         if (ClosureCodec.IsClosure(type)) return ClosureCodec.Read(reader, type);
         if (DelegateCodec.IsDelegate(type)) return DelegateCodec.Read(reader, type);
-        var mp = new MessagePackReader(reader.Bytes());
-        return GetThunks(type).Read(ref mp);
+        return ReadBlob(reader, type);
     }
 
     private static Thunks GetThunks(Type type) => ThunkCache.GetOrAdd(type, static t =>

@@ -137,7 +137,9 @@ internal interface IProcessShared
 /// <summary>Reads handles back into library objects. Each shareable type has a static <c>ReadHandle(WireReader)</c>.</summary>
 internal static class SharedHandles
 {
-    private static readonly System.Collections.Concurrent.ConcurrentDictionary<Type, Func<WireReader, object>> Readers = new();
+    // A plain dictionary under a lock: every pool worker reads a handle (its board) at start, and a
+    // ConcurrentDictionary would load System.Collections.Concurrent into it for this alone.
+    private static readonly Dictionary<Type, Func<WireReader, object>> Readers = [];
 
     internal static bool IsShared(Type type) =>
         typeof(IProcessShared).IsAssignableFrom(type) || type == typeof(IProcessLock);
@@ -147,12 +149,18 @@ internal static class SharedHandles
         // The declared type may be an interface (IProcessLock): the concrete type travels first.
         var type = TypeNames.Read(reader);
         if (!declared.IsAssignableFrom(type)) throw new InvalidDataException($"a {type} handle arrived where {declared} was expected");
-        return Readers.GetOrAdd(type, static t =>
+        return ReaderOf(type)(reader);
+    }
+
+    private static Func<WireReader, object> ReaderOf(Type type)
+    {
+        lock (Readers)
         {
-            var method = t.GetMethod("ReadHandle", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic, [typeof(WireReader)])
-                ?? throw new InvalidOperationException($"{t} has no ReadHandle(WireReader)");
-            return method.CreateDelegate<Func<WireReader, object>>();
-        })(reader);
+            if (Readers.TryGetValue(type, out var known)) return known;
+            var method = type.GetMethod("ReadHandle", System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic, [typeof(WireReader)])
+                ?? throw new InvalidOperationException($"{type} has no ReadHandle(WireReader)");
+            return Readers[type] = method.CreateDelegate<Func<WireReader, object>>();
+        }
     }
 
     internal static void Write(WireWriter writer, IProcessShared value)
