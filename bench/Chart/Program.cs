@@ -78,7 +78,7 @@ internal static partial class Program
         var rows = new List<Row>();
         foreach (var file in files)
         {
-            var loaded = JsonSerializer.Deserialize<List<Row>>(File.ReadAllText(file)) ?? [];
+            var loaded = JsonSerializer.Deserialize<List<Row>>(File.ReadAllText(file), new JsonSerializerOptions { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals }) ?? [];
             foreach (var row in loaded)
             {
                 int same = rows.FindIndex(r => r.Workload == row.Workload && r.Unit == row.Unit);

@@ -42,6 +42,8 @@ internal static class Compare
                 new("Process start()+join(), empty target: ours Prespawn vs Python forkserver", ours["start_join_prespawn_ms"], python.GetProperty("start_join_forkserver_ms").GetDouble(), "ms", "-"),
                 new("Idle child resident memory: ours vs Python spawn", ours["idle_child_mib"], python.GetProperty("idle_child_spawn_mib").GetDouble(), "MiB", "-"),
                 new("Pool(2) created, map over 2 items, Close+Join", pool["pool_create_map_teardown_ms"], Py("pool_create_map_teardown_ms"), "ms", "<= 0.5x"),
+                new("Pool(2) created ..., ours Prespawn vs Python spawn", pool["pool_create_map_teardown_prespawn_ms"], Py("pool_create_map_teardown_ms"), "ms", "<= 0.5x"),
+                new("Pool(2) created ..., ours Prespawn vs Python forkserver", pool["pool_create_map_teardown_prespawn_ms"], Py("pool_create_map_teardown_forkserver_ms"), "ms", "-"),
                 new("Pool.Map 200,000 ints, default chunksize", pool["map_200k_default"], Py("map_200k_default"), "tasks/s", ">= 3x"),
                 new("Pool.Map 20,000 ints, chunksize 1", pool["map_20k_cs1"], Py("map_20k_cs1"), "tasks/s", ">= 10x"),
                 new("Pool.IMap 20,000 ints, chunksize 1", pool["imap_20k_cs1"], Py("imap_20k_cs1"), "tasks/s", ">= 10x"),
@@ -52,6 +54,7 @@ internal static class Compare
                 new("20,000 x ApplyAsync, then Get all", pool["apply_async_20k"], Py("apply_async_20k"), "tasks/s", ">= 10x"),
                 new("Apply round trip, median of 2,000", pool["apply_round_trip_us"], Py("apply_round_trip_us"), "us", "<= 0.1x"),
                 new("CPU-bound speedup of Pool(2) over serial, 100 x ~20 ms", pool["cpu_speedup"], Py("cpu_speedup"), "x", ">= 1.9 (ours)"),
+                new("The same work on 2 threads of one process (the machine's ceiling; no Python figure)", pool["cpu_speedup_threads"], double.NaN, "x", "-"),
                 new("Lock Acquire+Release, one process, uncontended", sync["lock_pairs_per_s"], PySync("lock_pairs_per_s"), "pairs/s", ">= 2x"),
                 new("2 processes x 50,000 (lock; value += 1), final value checked", sync["contended_ops_per_s"], PySync("contended_ops_per_s"), "ops/s", ">= 2x"),
                 new("Event ping-pong between two processes, 10,000 rounds", sync["event_ping_pong_us"], PySync("event_ping_pong_us"), "us", "-"),
@@ -195,22 +198,28 @@ internal static class Compare
         Console.WriteLine("|---|---:|---:|---|---:|---|");
         foreach (var row in rows)
         {
-            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {row.Workload} | {Format(row.Ours)} | {Format(row.Python)} | {row.Unit} | {row.Ratio:F2}x | {row.Target} |"));
+            // NaN: a figure Python has no counterpart for.
+            string ratio = double.IsNaN(row.Ratio) ? "-" : string.Create(CultureInfo.InvariantCulture, $"{row.Ratio:F2}x");
+            Console.WriteLine(string.Create(CultureInfo.InvariantCulture, $"| {row.Workload} | {Format(row.Ours)} | {Format(row.Python)} | {row.Unit} | {ratio} | {row.Target} |"));
         }
     }
 
     private static string Format(double value) => value switch
     {
+        double.NaN => "-",
         >= 1_000_000 => string.Create(CultureInfo.InvariantCulture, $"{value / 1_000_000:F2} M"),
         >= 10_000 => string.Create(CultureInfo.InvariantCulture, $"{value / 1_000:F0} k"),
         _ => string.Create(CultureInfo.InvariantCulture, $"{value:F1}"),
     };
 
+    /// <summary>How results files are written (and read by bench/Chart): NaN stands for "no Python figure".</summary>
+    internal static readonly JsonSerializerOptions JsonFormat = new() { NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals };
+
     /// <summary>Writes the rows beside the binary and, when the bench runs from a checkout, to the tracked
     /// bench/results/ as well, which is what bench/Chart draws and what a commit can carry.</summary>
     internal static void Save(List<Row> rows, string fileName = "latest.json")
     {
-        var json = JsonSerializer.Serialize(rows.Select(r => new { r.Workload, r.Ours, r.Python, r.Unit, r.Ratio, r.Target }));
+        var json = JsonSerializer.Serialize(rows.Select(r => new { r.Workload, r.Ours, r.Python, r.Unit, r.Ratio, r.Target }), JsonFormat);
         Console.WriteLine();
         string[] dirs = Checkout.Root() is { } root
             ? [Path.Combine(AppContext.BaseDirectory, "results"), Path.Combine(root, "bench", "results")]
