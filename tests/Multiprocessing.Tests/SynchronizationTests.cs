@@ -56,36 +56,6 @@ public sealed class SynchronizationTests : ProcessTest
     }
 
     [Fact]
-    public void A_spin_that_missed_a_wait_which_ended_soon_after_grows_to_cover_it_and_shrinks_for_one_that_did_not()
-    {
-        if (Environment.ProcessorCount < 2) return;
-
-        long max = Stopwatch.Frequency; // a second: every wait below ends well within it
-        var spin = new Multiprocessing.Synchronization.AdaptiveSpin(max);
-        for (int i = 0; i < 10; i++) spin.Learn(spin.Budget(), ended: false);
-        Assert.Equal(max / 16, spin.Budget());
-
-        // A budget of one tick spins a single round, and misses: nothing sets the flag.
-        var tight = new Multiprocessing.Synchronization.AdaptiveSpin(1);
-        Assert.False(tight.Spin(static _ => false, 0, out var miss));
-        Assert.Same(tight, miss.Spin);
-
-        // The wait it gave up on ended at once: the budget becomes twice that wait, at least the floor.
-        var shortMiss = miss with { Spin = spin, Started = Stopwatch.GetTimestamp() };
-        spin.Missed(shortMiss);
-        Assert.Equal(max / 16, spin.Budget());
-
-        // One that ended after a fifth of the longest budget: spinning twice as long would have caught it.
-        spin.Missed(shortMiss with { Started = Stopwatch.GetTimestamp() - max / 5 });
-        long grown = spin.Budget();
-        Assert.InRange(grown, 2 * (max / 5), max);
-
-        // One that took longer than the longest budget: spinning could not have helped, and the budget halves.
-        spin.Missed(shortMiss with { Budget = grown, Started = Stopwatch.GetTimestamp() - 2 * max });
-        Assert.Equal(grown / 2, spin.Budget());
-    }
-
-    [Fact]
     public void A_lock_excludes_ten_processes_from_each_other()
     {
         using var scratch = new Scratch();

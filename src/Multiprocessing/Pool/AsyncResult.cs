@@ -77,10 +77,9 @@ public sealed class AsyncResult<T> : Multiprocessing.Pool.ICompletion
     public bool Wait(TimeSpan? timeout = null)
     {
         if (Ready) return true;
-        Multiprocessing.Synchronization.SpinMiss miss = default;
         if (timeout != TimeSpan.Zero)
         {
-            if (Assist is { } assist ? assist.WaitBriefly(this, out miss) : _spin is not null && _spin.Spin(static self => self.Ready, this, out miss)) return true;
+            if (Assist is { } assist ? assist.WaitBriefly(this) : _spin is not null && _spin.Spin(static self => self.Ready, this)) return true;
         }
 
         var signal = _event;
@@ -93,9 +92,6 @@ public sealed class AsyncResult<T> : Multiprocessing.Pool.ICompletion
             signal = Interlocked.CompareExchange(ref _event, signal, null) ?? signal;
         }
 
-        // The caller's own spin only shrinks after a miss (AdaptiveSpin.Spin's rule); a caller that grew it from
-        // waits that ended soon after sleeping spun long enough, on two cores, to crowd out the worker it waited for.
-        if (miss.Spin is { } spin) spin.Learn(miss.Budget, ended: false);
         return Ready || signal.Wait(timeout ?? Timeout.InfiniteTimeSpan);
     }
 

@@ -1,5 +1,4 @@
 using Multiprocessing.Serialization;
-using Multiprocessing.Synchronization;
 
 namespace Multiprocessing.Pool;
 
@@ -16,9 +15,8 @@ internal readonly record struct Outcome<T>(T Value, Exception? Error);
 /// <summary>Lets a thread that waits synchronously on a result do the work that delivers it.</summary>
 internal interface IWaitAssist
 {
-    /// <summary>Works toward <paramref name="done"/> for a short while; true once it is ready. Otherwise the caller
-    /// blocks, then hands <paramref name="miss"/> to <see cref="AdaptiveSpin.Missed"/>.</summary>
-    bool WaitBriefly(ICompletion done, out SpinMiss miss);
+    /// <summary>Works toward <paramref name="done"/> for a short while; true once it is ready.</summary>
+    bool WaitBriefly(ICompletion done);
 }
 
 /// <summary>Something a caller waits on; <see cref="Ready"/> once it completed.</summary>
@@ -241,7 +239,7 @@ internal sealed class ApplyCall<TResult>(ProcessPool pool, int id, int funcId, R
     : PoolCall(pool, id, funcId, function), IWaitAssist
 {
     /// <summary>A caller waiting on this task reads its worker's answers itself for a while.</summary>
-    public bool WaitBriefly(ICompletion done, out SpinMiss miss) => Pool.WaitReading(this, done, out miss);
+    public bool WaitBriefly(ICompletion done) => Pool.WaitReading(this, done);
 
     // Per-task members of a generic type are compiled fully optimised at once (AggressiveOptimization), as
     // ApplyAsync itself: an instantiation over a value type has no precompiled code, and ApplyAsync in a loop spent

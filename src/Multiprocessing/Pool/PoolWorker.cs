@@ -484,10 +484,8 @@ internal sealed class ReceiveSpin
     internal int Receive(int fd, byte[] buffer, int offset)
     {
         (_fd, _buffer, _offset) = (fd, buffer, offset);
-        if (_spin.Spin(static self => (self._received = OsIo.TryReceiveNow(self._fd, self._buffer.AsSpan(self._offset))) >= 0, this, out var miss)) return _received;
-        int read = OsProcess.ReadSome(fd, buffer.AsSpan(offset));
-        if (miss.Spin is { } spin) spin.Missed(miss);
-        return read;
+        if (_spin.Spin(static self => (self._received = OsIo.TryReceiveNow(self._fd, self._buffer.AsSpan(self._offset))) >= 0, this)) return _received;
+        return OsProcess.ReadSome(fd, buffer.AsSpan(offset));
     }
 }
 

@@ -6,7 +6,6 @@ using Multiprocessing.Platform;
 using Multiprocessing.Pool;
 using Multiprocessing.Processes;
 using Multiprocessing.Serialization;
-using Multiprocessing.Synchronization;
 
 namespace Multiprocessing;
 
@@ -1001,7 +1000,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// it stays asleep for answers the caller reads.
     /// </summary>
     /// <returns>True when the result is ready; false when the spin budget ran out first.</returns>
-    internal bool WaitReading(PoolCall call, ICompletion done, out SpinMiss miss)
+    internal bool WaitReading(PoolCall call, ICompletion done)
     {
         WorkerHandle? worker;
         lock (_gate)
@@ -1020,11 +1019,11 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             }
         }
 
-        if (worker is null) return _waitSpin.Spin(static d => d.Ready, done, out miss);
+        if (worker is null) return _waitSpin.Spin(static d => d.Ready, done);
 
         try
         {
-            return _readSpin.Spin(static s => s.Pool.ReadFor(s.Worker, s.Done), (Pool: this, Worker: worker, Done: done), out miss);
+            return _readSpin.Spin(static s => s.Pool.ReadFor(s.Worker, s.Done), (Pool: this, Worker: worker, Done: done));
         }
         finally
         {

@@ -170,15 +170,9 @@ internal static unsafe class Blocking
     }
 }
 
-/// <summary>What a spin that ran out of budget leaves for <see cref="AdaptiveSpin.Missed"/>, once the wait it
-/// gave up on has ended.</summary>
-internal readonly record struct SpinMiss(AdaptiveSpin? Spin, long Budget, long Started);
-
 /// <summary>
 /// A spin budget that learns: a wait that spinning ended doubles it (up to 50 µs by default), a wait that had to
-/// sleep anyway halves it (down to a few microseconds), unless the caller reports (<see cref="Missed"/>) that the
-/// wait ended within the longest budget after all: then spinning twice that long would have caught it, and the budget
-/// grows to that. Spinning pays when the other process answers within
+/// sleep anyway halves it (down to a few microseconds). Spinning pays when the other process answers within
 /// microseconds on another core; on a loaded machine the spinner takes the very core the answering process needs,
 /// so there it must give up almost at once, as a plain blocking wait would. At the floor, every sixteenth wait spins
 /// the whole budget again: two spinners that wait on each other (a caller and a worker) would otherwise both settle
@@ -225,21 +219,9 @@ internal sealed class AdaptiveSpin
     /// <summary>Spins while the budget lasts; true once <paramref name="ready"/> holds.</summary>
     internal bool Spin<TState>(Func<TState, bool> ready, TState state)
     {
-        if (Spin(ready, state, out var miss)) return true;
-        if (miss.Spin is not null) Learn(miss.Budget, ended: false);
-        return false;
-    }
-
-    /// <summary>Spins while the budget lasts; true once <paramref name="ready"/> holds. Otherwise the caller waits
-    /// by blocking and then passes <paramref name="miss"/> to <see cref="Missed"/>, which learns from how long the
-    /// whole wait took.</summary>
-    internal bool Spin<TState>(Func<TState, bool> ready, TState state, out SpinMiss miss)
-    {
-        miss = default;
         if (!Useful) return false;
         long budget = Budget();
-        long started = Stopwatch.GetTimestamp();
-        long until = started + budget;
+        long until = Stopwatch.GetTimestamp() + budget;
         while (true)
         {
             Thread.SpinWait(20);
@@ -252,19 +234,8 @@ internal sealed class AdaptiveSpin
             if (Stopwatch.GetTimestamp() >= until) break;
         }
 
-        miss = new SpinMiss(this, budget, started);
+        Learn(budget, ended: false);
         return false;
-    }
-
-    /// <summary>Learns from a wait whose spin ran out (<paramref name="miss"/>) and that has ended since. Within the
-    /// longest budget, the budget grows to twice what the wait took: two sides that wait on each other (a caller and
-    /// a worker) otherwise both settle at the floor, where each sleeps before the other answers and so makes it slow
-    /// to answer, a stable state that only learning from the slept waits gets out of.</summary>
-    internal void Missed(SpinMiss miss)
-    {
-        long waited = Stopwatch.GetTimestamp() - miss.Started;
-        if (waited <= _maxTicks) Volatile.Write(ref _budget, Math.Min(_maxTicks, Math.Max(_minTicks, 2 * waited)));
-        else Learn(miss.Budget, ended: false);
     }
 }
 
