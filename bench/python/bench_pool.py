@@ -34,9 +34,10 @@ def main():
     ctx = mp.get_context("spawn")
     out = {"python": sys.version.split()[0]}
 
-    def create_map_teardown():
+    def create_map_teardown(context=ctx, pause=0.0):
+        time.sleep(pause)
         t = time.perf_counter()
-        with ctx.Pool(2) as pool:
+        with context.Pool(2) as pool:
             pool.map(f, range(2))
             pool.close()
             pool.join()
@@ -47,17 +48,7 @@ def main():
     # The same with forkserver, whose server has booted before the first pool (the counterpart of our Prespawn):
     # the untimed pause matches PoolBench.cs, which lets its spares finish booting between pools.
     fs = mp.get_context("forkserver")
-
-    def create_map_teardown_forkserver():
-        time.sleep(0.25)
-        t = time.perf_counter()
-        with fs.Pool(2) as pool:
-            pool.map(f, range(2))
-            pool.close()
-            pool.join()
-        return (time.perf_counter() - t) * 1000
-
-    out["pool_create_map_teardown_forkserver_ms"] = median_of(runs, create_map_teardown_forkserver)
+    out["pool_create_map_teardown_forkserver_ms"] = median_of(runs, lambda: create_map_teardown(fs, 0.25))
 
     with ctx.Pool(2) as pool:
         def rate(n, fn):
