@@ -497,7 +497,6 @@ internal sealed class ReceiveSpin
 /// </summary>
 internal static class PrecompiledInstantiations
 {
-    [System.Diagnostics.CodeAnalysis.SuppressMessage("Performance", "CA1822", Justification = "Only read by the ReadyToRun compiler.")]
     internal static void Name()
     {
         Apply<int>();

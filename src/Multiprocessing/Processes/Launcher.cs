@@ -31,15 +31,6 @@ internal static class Launcher
     /// <summary>The most warm spares kept, whatever pools ask for: each is an idle runtime's memory.</summary>
     internal static int MaxSpares => Math.Max(2, 2 * Environment.ProcessorCount);
 
-    /// <summary>How many spares are booting or waiting now.</summary>
-    internal static int SpareCount
-    {
-        get
-        {
-            lock (SpareGate) return Spares.Count;
-        }
-    }
-
     /// <summary>Under Prespawn, keeps at least <paramref name="count"/> spares from now on (at most
     /// <see cref="MaxSpares"/>); they are launched by later Acquires and <see cref="Replenish"/> calls.</summary>
     internal static void Reserve(int count)
