@@ -230,6 +230,69 @@ public sealed class PoolTests : ProcessTest
     }
 
     [Fact]
+    public async Task Inputs_bigger_than_the_socket_buffer_arrive_whole_and_the_sockets_stay_off_the_runtimes_socket_engine()
+    {
+        using var pool = Mp.Pool(processes: 1);
+
+        // Chunks of 3 MiB: the socket takes part at once, and the reader thread writes the rest when there is room,
+        // while Apply callers on another thread read answers for themselves.
+        var big = Enumerable.Range(0, 24).Select(i => new string((char)('a' + i), 1 << 20)).ToList();
+        var map = pool.MapAsync(s => s.Length + s[0], big, chunksize: 3);
+        var applies = Task.Run(() =>
+        {
+            for (int i = 0; i < 200; i++)
+            {
+                int x = i;
+                Assert.Equal(x + 1, pool.Apply(() => x + 1));
+            }
+        });
+        Assert.Equal(big.Select(s => s.Length + s[0]), await map.AsTask().WaitAsync(Guard));
+        await applies.WaitAsync(Guard);
+        Assert.Equal(big.Count, pool.IMap(s => s.Length, big).Count(n => n == 1 << 20));
+
+        // A socket the runtime's engine watches (edge-triggered) wakes its thread and a thread-pool thread for every
+        // answer; on a small machine those threads take the CPU from the caller and the worker.
+        var sockets = pool.WorkerSocketDescriptors();
+        Assert.NotEmpty(sockets);
+        Assert.Empty(EdgeTriggeredWatches().Intersect(sockets));
+    }
+
+    /// <summary>Descriptors that some epoll instance of this process watches edge-triggered.</summary>
+    private static IEnumerable<int> EdgeTriggeredWatches()
+    {
+        foreach (var link in Directory.GetFiles("/proc/self/fd"))
+        {
+            string? target;
+            try
+            {
+                target = new FileInfo(link).LinkTarget;
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+
+            if (target != "anon_inode:[eventpoll]") continue;
+            string[] lines;
+            try
+            {
+                lines = File.ReadAllLines($"/proc/self/fdinfo/{Path.GetFileName(link)}");
+            }
+            catch (IOException)
+            {
+                continue;
+            }
+
+            // "tfd:       51 events: 8000001d data: ..."; bit 31 of events is EPOLLET.
+            foreach (var line in lines.Where(l => l.StartsWith("tfd:", StringComparison.Ordinal)))
+            {
+                var parts = line.Split(' ', StringSplitOptions.RemoveEmptyEntries);
+                if ((uint.Parse(parts[3], System.Globalization.NumberStyles.HexNumber) & 0x8000_0000u) != 0) yield return int.Parse(parts[1]);
+            }
+        }
+    }
+
+    [Fact]
     public async Task Close_lets_queued_work_finish_and_join_waits_for_the_workers()
     {
         var pool = Mp.Pool(processes: 2);

@@ -81,6 +81,25 @@ internal static unsafe class OsIo
         }
     }
 
+    /// <summary>Writes what a socket's buffer takes right now without waiting: the byte count, 0 when it is full.</summary>
+    /// <exception cref="IOException">The other end is closed, or the write failed.</exception>
+    internal static int TrySendNow(int socket, ReadOnlySpan<byte> data)
+    {
+        fixed (byte* p = data)
+        {
+            while (true)
+            {
+                nint n = Posix.send(socket, p, data.Length, Posix.MSG_DONTWAIT | Posix.MSG_NOSIGNAL);
+                if (n >= 0) return (int)n;
+                int errno = Marshal.GetLastPInvokeError();
+                if (errno == Posix.EINTR) continue;
+                if (errno == Posix.EAGAIN) return 0;
+                if (errno is Posix.EPIPE or Posix.ECONNRESET) throw new IOException("the other end of the connection is closed (broken pipe)");
+                throw new IOException($"writing to a connection failed: {new Win32Exception(errno).Message}");
+            }
+        }
+    }
+
     /// <summary>Reads what a socket holds right now without waiting: -1 when it holds nothing yet, 0 when the other
     /// end closed (or reset), else the byte count.</summary>
     /// <exception cref="IOException">The read failed.</exception>
@@ -141,10 +160,10 @@ internal static unsafe class OsIo
     internal static bool WaitReadable(int fd, int timeoutMs) => PollOne(fd, Posix.POLLIN, timeoutMs);
 
     /// <summary>
-    /// Sleeps until a descriptor has data (or hangs up) while armed, on its own epoll instance in one-shot
-    /// mode: each wake disarms it, and <see cref="ReadinessWatch.Arm"/> re-arms it. Unlike a blocking read, a watch
-    /// can be left disarmed while another thread reads the descriptor, so the sleeper is not woken for data it will
-    /// not read. Not thread-safe: callers serialise <see cref="Arm"/> and <see cref="Disarm"/> and dispose it once.
+    /// Sleeps until a descriptor is ready for what is wanted (data, room to write) or hangs up, on its own epoll
+    /// instance in one-shot mode: each wake disarms it, and <see cref="ReadinessWatch.Want"/> re-arms it. Unlike a
+    /// blocking read, a watch can leave out readability while another thread reads the descriptor, so the sleeper is
+    /// not woken for data it will not read. Not thread-safe: callers serialise <see cref="Want"/> with disposal.
     /// </summary>
     internal sealed class ReadinessWatch : IDisposable
     {
@@ -152,6 +171,7 @@ internal static unsafe class OsIo
         private const int CtlAdd = 1;
         private const int CtlMod = 3;
         private const uint EpollIn = 0x1;
+        private const uint EpollOut = 0x4;
         private const uint EpollOneShot = 1u << 30;
 
         private readonly int _epoll;
@@ -167,13 +187,13 @@ internal static unsafe class OsIo
             Control(CtlAdd, EpollIn | EpollOneShot);
         }
 
-        /// <summary>Wakes the next <see cref="Wait"/> when data is there, or at once if it already is.</summary>
-        internal void Arm() => Control(CtlMod, EpollIn | EpollOneShot);
+        /// <summary>Wakes the next <see cref="Wait"/> once the descriptor is readable, if <paramref name="readable"/>,
+        /// or has room to write, if <paramref name="writable"/>, or at once if it already is; a hang-up always wakes it.</summary>
+        /// <exception cref="Win32Exception">The kernel refused.</exception>
+        internal void Want(bool readable, bool writable) =>
+            Control(CtlMod, (readable ? EpollIn : 0) | (writable ? EpollOut : 0) | EpollOneShot);
 
-        /// <summary>Leaves the sleeper asleep when data arrives (a hang-up still wakes it).</summary>
-        internal void Disarm() => Control(CtlMod, EpollOneShot);
-
-        /// <summary>Sleeps until the armed descriptor is readable or hung up; the wake disarms it.</summary>
+        /// <summary>Sleeps until the descriptor is ready for what was wanted, or hung up; the wake disarms it.</summary>
         /// <exception cref="Win32Exception">The wait failed.</exception>
         internal void Wait()
         {

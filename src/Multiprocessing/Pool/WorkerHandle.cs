@@ -26,10 +26,14 @@ internal sealed class WorkerHandle(int index, ChildProcess process, WorkerBoard 
 
     internal long CancelDeadline { get; set; }
 
-    /// <summary>Frames waiting to be sent; swapped with <see cref="Sending"/> by the send loop.</summary>
+    /// <summary>Frames waiting to be sent; swapped with <see cref="Sending"/> when a send does not fit.</summary>
     internal WireWriter Pending { get; set; } = new(4096);
 
+    /// <summary>A batch the socket did not take at once; the reader thread writes the rest from
+    /// <see cref="SendOffset"/> when there is room.</summary>
     internal WireWriter? Sending { get; set; }
+
+    internal int SendOffset { get; set; }
 
     /// <summary>An empty buffer to swap in for <see cref="Pending"/> when a send starts.</summary>
     internal WireWriter? Spare { get; set; }
@@ -62,11 +66,44 @@ internal sealed class WorkerHandle(int index, ChildProcess process, WorkerBoard 
 
     internal WireReader FrameReader { get; } = new(ReadOnlyMemory<byte>.Empty);
 
-    /// <summary>Wakes the reader thread for data; disarmed while callers read for themselves.</summary>
-    internal Platform.OsIo.ReadinessWatch? Watch { get; set; }
-
-    /// <summary>Callers reading this worker's answers themselves right now.</summary>
+    /// <summary>Callers reading this worker's answers themselves right now; the reader thread is not woken for
+    /// answers meanwhile.</summary>
     internal int Claims { get; set; }
+
+    /// <summary>The reader thread's watch is in place: someone will read the socket once callers stop.</summary>
+    internal bool Watched => _watch is not null;
+
+    // Guards the watch's interest set and its disposal. Taken last, inside either of the other locks, and nothing
+    // is taken inside it.
+    private readonly object _watchGate = new();
+    private Platform.OsIo.ReadinessWatch? _watch;
+
+    /// <summary>Installs the reader thread's watch, with the interest the worker's state asks for.</summary>
+    internal void Attach(Platform.OsIo.ReadinessWatch watch)
+    {
+        lock (_watchGate) _watch = watch;
+        Rearm();
+    }
+
+    /// <summary>Closes the watch; later <see cref="Rearm"/> calls do nothing.</summary>
+    internal void Detach()
+    {
+        lock (_watchGate)
+        {
+            _watch?.Dispose();
+            _watch = null;
+        }
+    }
+
+    /// <summary>
+    /// Points the reader thread's watch at what it must wake for now: answers, unless callers read them
+    /// themselves, and room in the socket while a send waits for it. Whoever changes either condition calls this
+    /// afterwards; the state is read under the watch's lock, so the last call sets what holds last.
+    /// </summary>
+    internal void Rearm()
+    {
+        lock (_watchGate) _watch?.Want(readable: Claims == 0, writable: Sending is not null);
+    }
 
     /// <summary>The socket reached its end: nobody reads it any more but the reader thread, which is leaving.</summary>
     internal bool Ended { get; set; }
