@@ -119,8 +119,9 @@ internal static class Launcher
             bool kept;
             lock (SpareGate)
             {
-                // Another thread may have filled the list meanwhile (or drained it for Spawn: then the target is 1).
-                kept = Spares.Count < _spareTarget;
+                // Another thread may have filled the list meanwhile, or switched to another start method and drained
+                // it: a spare launched across that switch would be left behind.
+                kept = Mp.StartMethod == StartMethod.Prespawn && Spares.Count < _spareTarget;
                 if (kept) Spares.Add(spare);
             }
 
