@@ -862,13 +862,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         if (worker.Sending is not null || worker.Pending.Length == 0) return;
         var batch = worker.Pending;
         worker.PendingTaken();
-        if (!TrySend(worker, batch.WrittenSpan, out int sent))
-        {
-            batch.Reset();
-            return;
-        }
-
-        if (sent == batch.Length)
+        if (!TrySend(worker, batch.WrittenSpan, out int sent) || sent == batch.Length)
         {
             batch.Reset();
             return;
@@ -1270,7 +1264,6 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    /// <summary>Boots the spares that replace those this pool's workers were taken from, once a worker is ready.</summary>
     /// <summary>
     /// Under Prespawn, boots the spares this pool's workers were taken from once the pool has had nothing to run for
     /// a moment, or once a closed pool's workers have all exited. Booting while the pool works, or while its workers
@@ -1288,25 +1281,28 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             return;
         }
 
-        if (_workers.Count > 0) return;
-        _replenishDue = false;
-        ThreadPool.UnsafeQueueUserWorkItem(static _ => ReplenishSpares(), null);
+        if (_workers.Count == 0) QueueReplenish();
     }
 
     private void IdleTimerFired()
     {
         lock (_gate)
         {
-            if (!_replenishDue || _state != State.Running || _calls.Count > 0) return;
-            _replenishDue = false;
-            ThreadPool.UnsafeQueueUserWorkItem(static _ => ReplenishSpares(), null);
+            if (_replenishDue && _state == State.Running && _calls.Count == 0) QueueReplenish();
         }
+    }
+
+    private void QueueReplenish()
+    {
+        _replenishDue = false;
+        ThreadPool.UnsafeQueueUserWorkItem(static _ => ReplenishSpares(), null);
     }
 
     private static readonly TimeSpan IdleBeforeReplenish = TimeSpan.FromMilliseconds(20);
     private bool _replenishDue;
     private Timer? _idleTimer;
 
+    /// <summary>Boots the spares that replace those this pool's workers were taken from.</summary>
     private static void ReplenishSpares()
     {
         try
