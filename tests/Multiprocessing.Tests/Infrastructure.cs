@@ -10,14 +10,19 @@ namespace Multiprocessing.Tests;
 
 /// <summary>
 /// Base class for every test that may start a process: after each test it fails the test if any child process of
-/// the test host is still around (running or unreaped), and it puts the start method back to Spawn.
+/// the test host is still around (running or unreaped), or if the test left a new /dev/shm segment, a bound
+/// multiprocessing socket, or a dead child's runtime diagnostic files behind; and it puts the start method back to
+/// Spawn.
 /// </summary>
 public abstract class ProcessTest : IDisposable
 {
+    private readonly Leaks.Snapshot _before = Leaks.Take();
+
     public void Dispose()
     {
         Mp.SetStartMethod(StartMethod.Spawn);
         Leaks.AssertNoChildProcesses();
+        Leaks.AssertNothingNewSince(_before);
         GC.SuppressFinalize(this);
     }
 }
@@ -45,6 +50,56 @@ public static class Leaks
         }
 
         throw new Xunit.Sdk.XunitException($"test left child processes behind: {report}");
+    }
+
+    /// <summary>What exists outside the process that a test could leave behind.</summary>
+    public sealed record Snapshot(HashSet<string> Segments, HashSet<string> Sockets, HashSet<string> DiagnosticFiles);
+
+    public static Snapshot Take() => new(SharedMemorySegments(), BoundLibrarySockets(), DeadDiagnosticFiles());
+
+    /// <summary>Fails if a /dev/shm segment, a bound socket named for this library, or a runtime diagnostic file of a
+    /// process that is gone appeared since <paramref name="before"/> and does not go away within a grace period.</summary>
+    public static void AssertNothingNewSince(Snapshot before)
+    {
+        string[] New() =>
+        [
+            .. SharedMemorySegments().Except(before.Segments).Select(s => "/dev/shm/" + s),
+            .. BoundLibrarySockets().Except(before.Sockets).Select(s => "socket " + s),
+            .. DeadDiagnosticFiles().Except(before.DiagnosticFiles),
+        ];
+
+        if (Wait.Until(() => New().Length == 0, TimeSpan.FromSeconds(10))) return;
+        throw new Xunit.Sdk.XunitException("test left behind: " + string.Join(", ", New()));
+    }
+
+    private static HashSet<string> SharedMemorySegments() => [.. Directory.EnumerateFileSystemEntries("/dev/shm").Select(path => Path.GetFileName(path))];
+
+    /// <summary>Bound Unix sockets whose address names this library (listeners and managers use such abstract names
+    /// by default), from /proc/net/unix, which lists every bound socket on the machine.</summary>
+    private static HashSet<string> BoundLibrarySockets() =>
+    [
+        .. File.ReadLines("/proc/net/unix").Skip(1)
+            .Select(line => line.Split(' ', StringSplitOptions.RemoveEmptyEntries))
+            .Where(fields => fields.Length >= 8 && fields[7].Contains("multiprocessing-", StringComparison.Ordinal))
+            .Select(fields => fields[7] + " (inode " + fields[6] + ")"),
+    ];
+
+    /// <summary>The .NET runtime's diagnostic socket and debugger pipes in the temp directory whose process is gone:
+    /// a runtime that leaves with _exit or is killed cannot remove them itself.</summary>
+    private static HashSet<string> DeadDiagnosticFiles()
+    {
+        var result = new HashSet<string>(StringComparer.Ordinal);
+        foreach (var path in Directory.EnumerateFileSystemEntries(Path.GetTempPath()))
+        {
+            var name = Path.GetFileName(path);
+            var prefix = name.StartsWith("dotnet-diagnostic-", StringComparison.Ordinal) ? "dotnet-diagnostic-".Length
+                : name.StartsWith("clr-debug-pipe-", StringComparison.Ordinal) ? "clr-debug-pipe-".Length : -1;
+            if (prefix < 0) continue;
+            var dash = name.IndexOf('-', prefix);
+            if (dash > prefix && int.TryParse(name.AsSpan(prefix, dash - prefix), out int pid) && IsDead(pid)) result.Add(path);
+        }
+
+        return result;
     }
 
     public static List<int> ChildrenOf(int parent)
@@ -155,6 +210,9 @@ public sealed class TestApp : IDisposable
         var start = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true };
         start.ArgumentList.Add(dll);
         foreach (var arg in args) start.ArgumentList.Add(arg);
+
+        // Tests kill the app on purpose, and a killed runtime cannot remove its diagnostic socket and pipes.
+        start.Environment["DOTNET_EnableDiagnostics"] = "0";
         foreach (var (key, value) in environment ?? new Dictionary<string, string>()) start.Environment[key] = value;
         _process = new System.Diagnostics.Process { StartInfo = start };
         _process.OutputDataReceived += (_, e) => Append(_stdout, e.Data, _outputClosed);

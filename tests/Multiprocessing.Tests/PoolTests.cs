@@ -444,6 +444,35 @@ public sealed class PoolTests : ProcessTest
     }
 
     [Fact]
+    public void Workers_make_no_runtime_diagnostic_files_unless_asked_and_a_killed_one_that_was_asked_leaves_none()
+    {
+        static string[] DiagnosticFiles(int pid) =>
+        [
+            .. Directory.EnumerateFileSystemEntries(Path.GetTempPath(), $"dotnet-diagnostic-{pid}-*"),
+            .. Directory.EnumerateFileSystemEntries(Path.GetTempPath(), $"clr-debug-pipe-{pid}-*"),
+        ];
+
+        using (var pool = Mp.Pool(processes: 1))
+        {
+            var (pid, setting) = pool.Apply(() => (Environment.ProcessId, Environment.GetEnvironmentVariable("DOTNET_EnableDiagnostics")));
+            Assert.Equal("0", setting);
+            Assert.Empty(DiagnosticFiles(pid));
+        }
+
+        var options = new PoolOptions { WorkerEnvironment = _ => new Dictionary<string, string> { ["DOTNET_EnableDiagnostics"] = "1" } };
+        using (var pool = Mp.Pool(processes: 1, options: options))
+        {
+            int pid = pool.Apply(() => Environment.ProcessId);
+
+            // The runtime opens them before any managed code runs, so a tool could attach to this worker.
+            Assert.Equal(3, DiagnosticFiles(pid).Length);
+            pool.Terminate();
+            pool.Join();
+            Assert.Empty(DiagnosticFiles(pid));
+        }
+    }
+
+    [Fact]
     public void Bad_arguments_are_rejected_clearly()
     {
         Assert.Throws<ArgumentOutOfRangeException>(() => Mp.Pool(processes: 0));

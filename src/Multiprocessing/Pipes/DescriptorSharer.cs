@@ -16,7 +16,8 @@ namespace Multiprocessing.Pipes;
 /// A shared descriptor stays available while the connection it came from is open here, so the same handle may be
 /// received many times (a pool task's closure reaches every worker). Once that connection is closed, the copy is
 /// dropped as soon as every handle written for it has been received, or after <see cref="UnclaimedGrace"/> if nobody ever asks.
-/// Only processes of the same user may connect, and a token is 128 random bits.
+/// Only processes of the same user may connect, and a token is 128 random bits. The socket and its thread exist only
+/// while something is shared.
 /// </remarks>
 internal static class DescriptorSharer
 {
@@ -30,8 +31,16 @@ internal static class DescriptorSharer
         internal long ClosedAt;
     }
 
+    /// <summary>One run of the service: its listening socket, and whether it was told to stop.</summary>
+    private sealed class Listener(int fd)
+    {
+        internal readonly int Fd = fd;
+        internal bool Stopped;
+    }
+
     private static readonly Dictionary<UInt128, Entry> Entries = [];
     private static string? _name;
+    private static Listener? _listener;
 
     /// <summary>Makes <paramref name="fd"/> receivable by other processes; returns the token for it.</summary>
     internal static UInt128 Share(int fd)
@@ -82,7 +91,7 @@ internal static class DescriptorSharer
         string name = reader.String() ?? throw new InvalidDataException("a connection handle without a sender");
         var token = reader.Raw(16).ToArray();
         int socket = OsIo.ConnectAbstract(name);
-        if (socket < 0) throw new InvalidOperationException($"the connection cannot be received: process {senderPid}, which sent it, has exited");
+        if (socket < 0) throw new InvalidOperationException($"the connection cannot be received: process {senderPid}, which sent it, has exited or has closed it and handed out every copy it sent");
         try
         {
             OsIo.WriteAll(socket, token, socket: true);
@@ -101,6 +110,16 @@ internal static class DescriptorSharer
     {
         Entries.Remove(token);
         OsIo.Close(entry.Fd);
+
+        // Nothing is left to hand out, so no handle in flight can name this socket: stop, rather than keep a bound
+        // socket and a thread for the life of the process. The next Share starts a new one under a new name.
+        if (Entries.Count == 0 && _listener is { } listener)
+        {
+            listener.Stopped = true;
+            _listener = null;
+            _name = null;
+            OsIo.StopListening(listener.Fd);
+        }
     }
 
     private static void EnsureServing()
@@ -109,13 +128,14 @@ internal static class DescriptorSharer
         Span<byte> random = stackalloc byte[8];
         RandomNumberGenerator.Fill(random);
         string name = $"multiprocessing-{Environment.ProcessId}-{Convert.ToHexString(random)}";
-        int listen = OsIo.ListenAbstract(name);
-        var thread = new Thread(() => Serve(listen)) { IsBackground = true, Name = "Multiprocessing descriptor sharer" };
+        var listener = new Listener(OsIo.ListenAbstract(name));
+        var thread = new Thread(() => Serve(listener)) { IsBackground = true, Name = "Multiprocessing descriptor sharer" };
         thread.Start();
+        _listener = listener;
         _name = name;
     }
 
-    private static void Serve(int listen)
+    private static void Serve(Listener listener)
     {
         uint me = OsIo.Uid;
         Span<byte> token = stackalloc byte[16];
@@ -125,11 +145,22 @@ internal static class DescriptorSharer
             uint uid;
             try
             {
-                (client, uid) = OsIo.Accept(listen);
+                (client, uid) = OsIo.Accept(listener.Fd);
             }
             catch (IOException ex)
             {
-                ProcessRuntime.Logger.LogError(ex, "the descriptor sharer stopped; connections sent from this process can no longer be received");
+                bool stopped;
+                lock (Entries) stopped = listener.Stopped;
+                if (!stopped)
+                {
+                    ProcessRuntime.Logger.LogError(ex, "the descriptor sharer stopped; connections sent from this process can no longer be received");
+                    lock (Entries)
+                    {
+                        if (_listener == listener) (_listener, _name) = (null, null);
+                    }
+                }
+
+                OsIo.Close(listener.Fd);
                 return;
             }
 

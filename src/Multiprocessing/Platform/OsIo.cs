@@ -272,6 +272,14 @@ internal static unsafe class OsIo
         return fd;
     }
 
+    /// <summary>Wakes a thread blocked in <see cref="Accept"/> on this listening socket, which then fails; the
+    /// descriptor stays open for that thread to close.</summary>
+    internal static void StopListening(int listenFd)
+    {
+        if (Posix.shutdown(listenFd, Posix.SHUT_RDWR) != 0)
+            throw new Win32Exception(Marshal.GetLastPInvokeError(), "shutdown of a listening socket failed");
+    }
+
     /// <summary>Accepts one connection; returns it with the peer's user id.</summary>
     /// <exception cref="IOException">The listening socket was closed or failed.</exception>
     internal static (int Fd, uint Uid) Accept(int listenFd)

@@ -1,8 +1,10 @@
+using System.Collections.Concurrent;
 using System.ComponentModel;
 using System.Diagnostics;
 using System.Diagnostics.CodeAnalysis;
 using System.Net.Sockets;
 using System.Runtime.InteropServices;
+using Microsoft.Extensions.Logging;
 
 namespace Multiprocessing.Platform;
 
@@ -194,6 +196,8 @@ internal static unsafe class OsProcess
     /// exit, minus the signal number for a death by signal. Null when someone else reaped it first.</summary>
     internal static int? Reap(int pid)
     {
+        // Read before the reap: a zombie's /proc entry is what still knows the file names.
+        var diagnosticFiles = DiagnosticChildren.TryRemove(pid, out var tempDirectory) ? DiagnosticFiles(pid, tempDirectory) : [];
         int status;
         while (true)
         {
@@ -206,8 +210,49 @@ internal static unsafe class OsProcess
             throw new Win32Exception(errno, $"waitpid({pid}) failed");
         }
 
+        foreach (var file in diagnosticFiles) RemoveLeftover(file);
         int low = status & 0x7f;
         return low == 0 ? (status >> 8) & 0xff : -low;
+    }
+
+    /// <summary>Children started with the runtime's diagnostics on, and the temp directory each one puts its
+    /// diagnostic socket and debugger pipes in.</summary>
+    private static readonly ConcurrentDictionary<int, string> DiagnosticChildren = new();
+
+    /// <summary>Marks a child whose runtime makes diagnostic files: they are removed when it is reaped, since a child
+    /// leaves with _exit (or is killed) and so never removes them itself.</summary>
+    internal static void RemoveDiagnosticFilesOnReap(int pid, string tempDirectory) => DiagnosticChildren[pid] = tempDirectory;
+
+    /// <summary>The runtime names its diagnostic socket and debugger pipes after the pid and the process's start time
+    /// in clock ticks (field 22 of /proc/PID/stat).</summary>
+    private static string[] DiagnosticFiles(int pid, string tempDirectory)
+    {
+        string stat;
+        try
+        {
+            stat = File.ReadAllText($"/proc/{pid}/stat");
+        }
+        catch (IOException)
+        {
+            return [];
+        }
+
+        var fields = stat[(stat.LastIndexOf(')') + 2)..].Split(' ');
+        if (fields.Length < 20) return [];
+        var key = pid + "-" + fields[19];
+        return [Path.Combine(tempDirectory, "dotnet-diagnostic-" + key + "-socket"), Path.Combine(tempDirectory, "clr-debug-pipe-" + key + "-in"), Path.Combine(tempDirectory, "clr-debug-pipe-" + key + "-out")];
+    }
+
+    private static void RemoveLeftover(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (Exception ex) when (ex is IOException or UnauthorizedAccessException)
+        {
+            Mp.LoggerFactory.CreateLogger("Multiprocessing").LogWarning(ex, "Could not remove the runtime diagnostic file {Path} of a reaped child", path);
+        }
     }
 
     /// <summary>Ends this process at once: no finalizers, no exit handlers.</summary>

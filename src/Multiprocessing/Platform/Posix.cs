@@ -182,6 +182,11 @@ internal static unsafe partial class Posix
     internal static partial int listen(int fd, int backlog);
 
     [LibraryImport(Libc, SetLastError = true)]
+    internal static partial int shutdown(int fd, int how);
+
+    internal const int SHUT_RDWR = 2;
+
+    [LibraryImport(Libc, SetLastError = true)]
     internal static partial int accept4(int fd, void* address, int* length, int flags);
 
     [LibraryImport(Libc, SetLastError = true)]

@@ -150,6 +150,11 @@ internal static class Launcher
             if (!command.Environment.ContainsKey(key)) envp.Add($"{key}={value}");
         }
 
+        // The runtime's diagnostic socket and debugger pipes in the temp directory outlive a child that leaves with
+        // _exit or is killed, so children run without them unless the environment asks for them.
+        bool diagnostics = DiagnosticsEnabled(environment);
+        if (!environment.ContainsKey(DiagnosticsVariable) && !environment.ContainsKey(LegacyDiagnosticsVariable)) envp.Add(DiagnosticsVariable + "=0");
+
         foreach (var (key, value) in command.Environment)
         {
             var merged = key == "DOTNET_STARTUP_HOOKS" && environment.TryGetValue(key, out var existing) && existing.Length > 0
@@ -162,6 +167,12 @@ internal static class Launcher
         try
         {
             int pid = OsProcess.Spawn(command.Path, command.Arguments, envp, childFd);
+            if (diagnostics)
+            {
+                var temp = environment.TryGetValue("TMPDIR", out var dir) && dir.Length > 0 ? dir : "/tmp";
+                OsProcess.RemoveDiagnosticFilesOnReap(pid, temp);
+            }
+
             return new LaunchedChild(pid, control, environment);
         }
         catch
@@ -174,6 +185,14 @@ internal static class Launcher
             OsProcess.Close(childFd);
         }
     }
+
+    private const string DiagnosticsVariable = "DOTNET_EnableDiagnostics";
+    private const string LegacyDiagnosticsVariable = "COMPlus_EnableDiagnostics";
+
+    /// <summary>Whether a child with this environment opens the runtime's diagnostic socket and debugger pipes; an
+    /// environment that does not name the setting gets it switched off.</summary>
+    private static bool DiagnosticsEnabled(Dictionary<string, string> environment) =>
+        (environment.TryGetValue(DiagnosticsVariable, out var value) || environment.TryGetValue(LegacyDiagnosticsVariable, out value)) && value.Trim() != "0";
 
     private static Dictionary<string, string> CurrentEnvironment()
     {
