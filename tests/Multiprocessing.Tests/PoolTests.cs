@@ -484,6 +484,10 @@ public sealed class PoolTests : ProcessTest
         var stream = new MemoryStream();
         Assert.Throws<System.Runtime.Serialization.SerializationException>(() => pool.Apply(() => stream.Length));
         Assert.Equal(1, pool.Apply(() => 1));
+
+        // An initializer that cannot travel fails the constructor, before any worker exists (the fixture checks).
+        var error = Assert.Throws<System.Runtime.Serialization.SerializationException>(() => Mp.Pool(processes: 2, initializer: () => stream.Flush()));
+        Assert.Contains("stream", error.Message);
     }
 }
 

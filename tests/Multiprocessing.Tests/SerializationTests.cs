@@ -76,6 +76,38 @@ public sealed class SerializationTests
         Assert.Null(DelegateSerializer.TemplateOf(both));
     }
 
+    [Theory]
+    [InlineData("")]
+    [InlineData("/proc/self/fd")]
+    [InlineData("héllo ✓ 𝄞")]
+    [InlineData(null)]
+    public void Wire_strings_round_trip_whether_ascii_or_not(string? text)
+    {
+        foreach (var value in new[] { text, text is null ? null : text + new string('x', 300) })
+        {
+            var writer = new WireWriter();
+            writer.String(value);
+            writer.Int32(7);
+            var reader = new WireReader(writer.Written);
+            Assert.Equal(value, reader.String());
+            Assert.Equal(7, reader.Int32());
+        }
+    }
+
+    [Theory]
+    [InlineData(0, "fd/", 0, "/proc/0/fd/0")]
+    [InlineData(1, "fd/", 3, "/proc/1/fd/3")]
+    [InlineData(int.MaxValue, "fd/", 1234567890, "/proc/2147483647/fd/1234567890")]
+    [InlineData(4321, "stat", -1, "/proc/4321/stat")]
+    public void Proc_paths_are_written_digit_by_digit(int pid, string rest, int number, string expected)
+    {
+        var bytes = Platform.Posix.ProcPath(pid, rest, number);
+        Assert.Equal(0, bytes[^1]);
+        Assert.Equal(expected, System.Text.Encoding.ASCII.GetString(bytes, 0, bytes.Length - 1));
+        var path = Platform.Posix.PathBytes("/tmp/é");
+        Assert.Equal("/tmp/é"u8.ToArray().Append((byte)0), path);
+    }
+
     [Fact]
     public void Truncated_payloads_are_rejected_clearly()
     {

@@ -263,6 +263,17 @@ internal static unsafe class OsProcess
         throw new UnreachableException();
     }
 
+    /// <summary>Makes <paramref name="path"/> the working directory if it exists; a directory that is gone leaves
+    /// the current one. Without Directory.SetCurrentDirectory, whose path conversion would be a child's first use of
+    /// the runtime's UTF-8 encoder.</summary>
+    internal static void TryChangeDirectory(string path)
+    {
+        fixed (byte* bytes = Posix.PathBytes(path))
+        {
+            Posix.chdir(bytes);
+        }
+    }
+
     /// <summary>Sets an environment variable in the native environment (what native libraries such as CUDA read)
     /// and in .NET's copy.</summary>
     internal static void SetEnvironment(string name, string? value)

@@ -36,7 +36,12 @@ internal static unsafe class OsShared
     /// <exception cref="InvalidOperationException">The holder is gone or no longer has the segment.</exception>
     internal static (int Fd, nint Address) OpenSegment(int holderPid, int fd, long inode, long size)
     {
-        int own = Posix.open($"/proc/{holderPid}/fd/{fd}", Posix.O_RDWR | Posix.O_CLOEXEC, 0);
+        int own;
+        fixed (byte* path = Posix.ProcPath(holderPid, "fd/", fd))
+        {
+            own = Posix.open(path, Posix.O_RDWR | Posix.O_CLOEXEC, 0);
+        }
+
         if (own < 0)
         {
             int errno = Marshal.GetLastPInvokeError();
@@ -136,7 +141,12 @@ internal static unsafe class OsShared
     internal static bool IsAlive(int pid)
     {
         if (pid == Environment.ProcessId) return true;
-        int fd = Posix.open($"/proc/{pid}/stat", Posix.O_RDONLY | Posix.O_CLOEXEC, 0);
+        int fd;
+        fixed (byte* path = Posix.ProcPath(pid, "stat"))
+        {
+            fd = Posix.open(path, Posix.O_RDONLY | Posix.O_CLOEXEC, 0);
+        }
+
         if (fd < 0) return false;
         try
         {

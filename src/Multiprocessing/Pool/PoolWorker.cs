@@ -22,6 +22,26 @@ internal static class PoolWorker
     /// <summary>The cancellation token of the call whose task runs now in this process.</summary>
     internal static CancellationToken CurrentToken => _current?.Cancellation?.Token ?? CancellationToken.None;
 
+    /// <summary>What a worker's child needs to run <see cref="Run"/>: its board's handle and the initializer.</summary>
+    /// <exception cref="System.Runtime.Serialization.SerializationException">The initializer cannot be sent.</exception>
+    internal static ReadOnlyMemory<byte> EncodeStart(Action? initializer, WorkerBoard board)
+    {
+        var writer = new WireWriter(64);
+        ((SharedMemory.IProcessShared)board).WriteHandle(writer);
+        writer.Bool(initializer is not null);
+        if (initializer is not null) writer.Bytes(DelegateSerializer.Serialize(initializer).Span);
+        return writer.Written;
+    }
+
+    /// <summary>Runs the worker that <see cref="EncodeStart"/> described.</summary>
+    internal static void Start(ReadOnlyMemory<byte> encoded)
+    {
+        var reader = new WireReader(encoded);
+        var board = WorkerBoard.ReadHandle(reader);
+        var initializer = reader.Bool() ? (Action)DelegateSerializer.Deserialize(reader.Bytes()) : null;
+        Run(initializer, board);
+    }
+
     /// <summary>The target of every pool worker process.</summary>
     internal static void Run(Action? initializer, WorkerBoard board)
     {
@@ -317,10 +337,12 @@ internal static class ChunkRunner
         if (!Factories.TryGetValue(type, out var factory))
         {
             // Reflection once per delegate type; ApplyAsync in a loop defines a new function per task.
+            // The maker is taken from a delegate to it, not looked up by name: a fresh worker's first GetMethod
+            // builds the type's member cache, about 1.5 ms before its first task.
             var definition = type.IsGenericType ? type.GetGenericTypeDefinition() : null;
-            var maker = definition == typeof(Func<,>) ? nameof(MakeMap) : definition == typeof(Func<>) ? nameof(MakeApply)
+            Func<Delegate, IChunkRunner> maker = definition == typeof(Func<,>) ? MakeMap<object, object> : definition == typeof(Func<>) ? MakeApply<object>
                 : throw new NotSupportedException($"a pool function of type {type} cannot be run");
-            factory = typeof(ChunkRunner).GetMethod(maker, System.Reflection.BindingFlags.Static | System.Reflection.BindingFlags.NonPublic)!
+            factory = maker.Method.GetGenericMethodDefinition()
                 .MakeGenericMethod(type.GetGenericArguments())
                 .CreateDelegate<Func<Delegate, IChunkRunner>>();
             Factories[type] = factory;

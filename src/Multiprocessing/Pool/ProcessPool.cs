@@ -1213,6 +1213,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             process = new ChildProcess(() => PoolWorker.Run(initializer, board), $"SpawnPoolWorker-{Interlocked.Increment(ref _workerCounter)}", daemon: true, environment, ownsChannel: true)
             {
                 ReplenishesSpareItself = true,
+                BuiltInTarget = (JobKind.PoolWorker, () => PoolWorker.EncodeStart(initializer, board)),
             };
             process.Start();
         }

@@ -111,7 +111,7 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
             if (_started) throw new InvalidOperationException($"Process '{_name}' has already been started; a process can only be started once.");
 
             // Everything that can fail because of the target fails here, before a process exists.
-            var payload = DelegateSerializer.Serialize(_target);
+            var (kind, payload) = BuiltInTarget is { } builtIn ? (builtIn.Kind, builtIn.Encode()) : (JobKind.Delegate, DelegateSerializer.Serialize(_target));
 
             var child = Launcher.Acquire(Mp.StartMethod, _environment, out var environmentDelta, replenish: !ReplenishesSpareItself);
             var current = ProcessRuntime.Current;
@@ -127,6 +127,7 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
                 OwnsChannel = _ownsChannel,
                 Environment = environmentDelta,
                 Assemblies = ChildRuntime.ForeignAssemblies(),
+                Kind = kind,
                 Target = payload,
             };
 
@@ -152,6 +153,10 @@ public sealed class ChildProcess : IDisposable, IAsyncDisposable
     /// the pool asks for it once this worker is ready, so that booting spares do not compete with the pool's own
     /// workers for the CPU while they start.</summary>
     internal bool ReplenishesSpareItself { get; init; }
+
+    /// <summary>Set by the library for a target of its own that the child starts without the delegate codec; the
+    /// encoder runs in <see cref="Start"/>, where a failure leaves no process behind.</summary>
+    internal (JobKind Kind, Func<ReadOnlyMemory<byte>> Encode)? BuiltInTarget { get; init; }
 
     /// <summary>The parent's end of the control socket, for a process started with ownsChannel (a pool worker).</summary>
     internal Socket Channel => _control ?? throw new InvalidOperationException("not started");

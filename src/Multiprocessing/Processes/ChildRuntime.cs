@@ -33,7 +33,7 @@ internal static class ChildRuntime
 
         var job = ProcessJob.Decode(frame);
         foreach (var (name, value) in job.Environment) OsProcess.SetEnvironment(name, value);
-        if (Directory.Exists(job.WorkingDirectory)) Directory.SetCurrentDirectory(job.WorkingDirectory);
+        OsProcess.TryChangeDirectory(job.WorkingDirectory);
         InstallAssemblyPaths(job.Assemblies);
 
         var parentExited = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -55,6 +55,12 @@ internal static class ChildRuntime
 
         try
         {
+            if (job.Kind == JobKind.PoolWorker)
+            {
+                Pool.PoolWorker.Start(job.Target);
+                return 0;
+            }
+
             var target = DelegateSerializer.Deserialize(job.Target);
             switch (target)
             {

@@ -2,6 +2,17 @@ using Multiprocessing.Serialization;
 
 namespace Multiprocessing.Processes;
 
+/// <summary>What a job's target bytes hold.</summary>
+internal enum JobKind : byte
+{
+    /// <summary>A serialized delegate, run as the process's target.</summary>
+    Delegate,
+
+    /// <summary>A pool worker's start: its board and initializer, read without the general delegate codec, whose
+    /// first use costs a fresh runtime several milliseconds of reflection.</summary>
+    PoolWorker,
+}
+
 /// <summary>Everything a child needs to become the process the parent described: who it is, where it runs,
 /// which assemblies the parent loaded from outside the app, and the target delegate.</summary>
 internal sealed class ProcessJob
@@ -29,6 +40,9 @@ internal sealed class ProcessJob
 
     /// <summary>Assemblies the parent loaded from paths the child's probing does not know.</summary>
     internal required IReadOnlyList<KeyValuePair<string, string>> Assemblies { get; init; }
+
+    /// <summary>How the child reads <see cref="Target"/>.</summary>
+    internal JobKind Kind { get; init; }
 
     internal required ReadOnlyMemory<byte> Target { get; init; }
 
@@ -58,6 +72,7 @@ internal sealed class ProcessJob
             w.String(value);
         }
 
+        w.Byte((byte)Kind);
         w.Bytes(Target.Span);
         return w.Written;
     }
@@ -78,11 +93,12 @@ internal sealed class ProcessJob
         for (int i = 0; i < env.Length; i++) env[i] = new(r.String()!, r.String());
         var assemblies = new KeyValuePair<string, string>[r.Int32()];
         for (int i = 0; i < assemblies.Length; i++) assemblies[i] = new(r.String()!, r.String()!);
+        var kind = (JobKind)r.Byte();
         var target = r.Bytes();
         return new ProcessJob
         {
             Name = name, Identity = identity, Daemon = daemon, ParentPid = parentPid, ParentName = parentName,
-            WorkingDirectory = cwd, ParentExitGracePeriod = grace, OwnsChannel = ownsChannel, Environment = env, Assemblies = assemblies, Target = target,
+            WorkingDirectory = cwd, ParentExitGracePeriod = grace, OwnsChannel = ownsChannel, Environment = env, Assemblies = assemblies, Kind = kind, Target = target,
         };
     }
 }
