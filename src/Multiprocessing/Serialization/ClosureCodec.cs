@@ -64,7 +64,9 @@ internal static class ClosureCodec
         lock (Layouts)
         {
             if (Layouts.TryGetValue(type, out var known)) return known;
-            var layout = new Layout(type.IsClass && type.Name.StartsWith("<>c", StringComparison.Ordinal) && type.IsDefined(typeof(CompilerGeneratedAttribute), false));
+            // No source language can name a type "<>c...", so the name alone marks C#'s closures and lambda caches;
+            // asking for [CompilerGenerated] too cost a fresh child half a millisecond of attribute parsing.
+            var layout = new Layout(type.IsClass && type.Name.StartsWith("<>c", StringComparison.Ordinal));
             Layouts[type] = layout;
             return layout;
         }
