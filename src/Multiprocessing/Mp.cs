@@ -38,7 +38,8 @@ public static class Mp
     /// <summary>Creates a pool of worker processes and starts them, as <c>mp.Pool(processes, initializer, initargs,
     /// maxtasksperchild)</c>. End it with <c>using</c> (terminates, as Python's <c>with</c>) or Close() then Join().</summary>
     /// <param name="processes">How many workers; defaults to <see cref="CpuCount"/>.</param>
-    /// <param name="initializer">Runs once in each worker before its first task; a closure carries Python's initargs.</param>
+    /// <param name="initializer">Runs once in each worker before its first task; a closure carries Python's initargs. If it
+    /// throws in any worker, the pool stops: its tasks fail, and new work is refused, with <see cref="PoolBrokenException"/>.</param>
     /// <param name="maxTasksPerChild">Replace a worker after this many tasks (chunks); null for never.</param>
     /// <param name="options">Per-worker environment (one GPU per worker), IMap read-ahead.</param>
     /// <returns>The running pool.</returns>

@@ -357,6 +357,33 @@ public sealed class PoolTests : ProcessTest
     }
 
     [Fact]
+    public void A_failing_initializer_stops_the_pool_with_its_error_instead_of_starting_workers_forever()
+    {
+        using var scratch = new Scratch();
+        var starts = scratch.File("starts");
+        using var pool = Mp.Pool(processes: 2, initializer: () =>
+        {
+            File.AppendAllText(starts, "x");
+            throw new InvalidOperationException("no GPU here");
+        });
+
+        var error = Assert.Throws<PoolBrokenException>(() => pool.Map(Square, Enumerable.Range(0, 8), chunksize: 1));
+        Assert.Equal("System.InvalidOperationException", error.InitializerError.RemoteTypeName);
+        Assert.Equal("no GPU here", error.InitializerError.RemoteMessage);
+        Assert.Contains("initializer failed in worker process " + error.Pid, error.Message);
+        Assert.Same(error.InitializerError, error.InnerException);
+
+        // New work is refused with the same cause, and the pool winds down like a terminated one.
+        var refused = Assert.Throws<PoolBrokenException>(() => pool.ApplyAsync(() => 1));
+        Assert.Equal("no GPU here", refused.InitializerError.RemoteMessage);
+        pool.Close();
+        pool.Join();
+
+        // Python's Pool would have started a replacement for every failure, for as long as it lived.
+        Assert.InRange(File.ReadAllText(starts).Length, 1, 2);
+    }
+
+    [Fact]
     public void MaxTasksPerChild_replaces_a_worker_after_n_tasks()
     {
         using var pool = Mp.Pool(processes: 1, maxTasksPerChild: 2);

@@ -6,7 +6,8 @@ namespace Multiprocessing.Pool;
 /// Frames between a pool and its workers, on the worker's control socket: [length:int32][op:byte][body].
 /// Parent to worker: Define(funcId, delegate), DefineTemplate(templateId, shape), Run(flags, callId, chunk, funcId,
 /// [templateId, state,] count, items), Forget(funcId), Shutdown.
-/// Worker to parent: Result(callId, chunk, count, per item: status + value or error), Stats(tasks, ticks...).
+/// Worker to parent: Result(callId, chunk, count, per item: status + value or error), Stats(tasks, ticks...),
+/// InitializerFailed(exception).
 /// A worker runs its frames in order and answers every Run frame in order, so the pool knows each chunk by its
 /// place; the <see cref="WorkerBoard"/> says which one runs.
 /// </summary>
@@ -28,6 +29,10 @@ internal static class PoolProtocol
 
     internal const byte Result = 1;
     internal const byte Stats = 2;
+
+    /// <summary>The worker's initializer threw: the exception's type name, message, stack trace and full text; the
+    /// worker exits after it.</summary>
+    internal const byte InitializerFailed = 3;
 
     internal const byte ItemOk = 0;
     internal const byte ItemFailed = 1;

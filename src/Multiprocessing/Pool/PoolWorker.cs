@@ -59,7 +59,27 @@ internal static class PoolWorker
             IsBackground = true,
             Name = "Multiprocessing pool lifeline",
         }.Start();
-        initializer?.Invoke();
+        if (initializer is not null)
+        {
+            try
+            {
+                initializer();
+            }
+            catch (Exception ex)
+            {
+                // The pool stops rather than start replacements that would fail the same way; the exception then
+                // goes on to be printed under the process name, as any child's unhandled exception is.
+                var report = new WireWriter(1024);
+                int frame = report.BeginFrame(PoolProtocol.InitializerFailed);
+                report.String(ex.GetType().FullName);
+                report.String(ex.Message);
+                report.String(ex.StackTrace ?? string.Empty);
+                report.String(ex.ToString());
+                report.EndFrame(frame);
+                OsProcess.WriteAll(fd, report.WrittenSpan);
+                throw;
+            }
+        }
 
         var runners = new Dictionary<int, Registered>();
         var templates = new Dictionary<int, DelegateShape>();

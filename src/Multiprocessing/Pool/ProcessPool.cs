@@ -75,6 +75,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
+    /// <summary>Set when a worker's initializer failed and the pool stopped.</summary>
+    private PoolBrokenException? _broken;
+
     private enum State
     {
         Running,
@@ -111,6 +114,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// other tasks finished.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public List<TResult> Map<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
@@ -121,6 +125,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">A task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public List<TResult> Map<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Map(WithToken(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
@@ -138,6 +143,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// are dropped, running ones see <see cref="CurrentTaskCancellationToken"/> and are killed after the grace period.</param>
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public AsyncResult<List<TResult>> MapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null,
@@ -180,6 +186,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary><see cref="MapAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int?, Action{List{TResult}}?, Action{Exception}?, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public AsyncResult<List<TResult>> MapAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int? chunksize = null,
         Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default) =>
@@ -189,6 +196,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">A task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public List<TResult> StarMap<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Map(Star(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
@@ -196,11 +204,13 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">A task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public List<TResult> StarMap<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Map(Star(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
     /// <summary>Starts a <see cref="StarMap{T1, T2, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public AsyncResult<List<TResult>> StarMapAsync<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null,
         Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default) =>
@@ -208,6 +218,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
     /// <summary>Starts a <see cref="StarMap{T1, T2, T3, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public AsyncResult<List<TResult>> StarMapAsync<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null,
         Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default) =>
@@ -225,6 +236,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <see cref="CurrentTaskCancellationToken"/> and are killed after the grace period.</param>
     /// <returns>The results; a failed item throws its <see cref="RemoteException"/> when reached.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public IEnumerable<TResult> IMap<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
@@ -232,6 +244,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary><see cref="IMap{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public IEnumerable<TResult> IMap<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(WithToken(func), iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
@@ -244,6 +257,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <param name="cancellationToken">Cancels the call, as for <see cref="IMap{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>.</param>
     /// <returns>The results as they complete.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
@@ -251,6 +265,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary><see cref="IMapUnordered{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(WithToken(func), iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
@@ -258,24 +273,28 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// as an async stream: waiting for results blocks no thread. <paramref name="cancellationToken"/>, and a token
     /// given to <c>WithCancellation</c>, cancel the call.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(WithToken(func), iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapUnordered{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// as an async stream; <paramref name="cancellationToken"/> and <c>WithCancellation</c> cancel the call.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapUnorderedAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(WithToken(func), iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
@@ -288,6 +307,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">The task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public TResult Apply<TResult>(Func<TResult> func, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         ApplyAsync(func, taskTimeout: taskTimeout, cancellationToken: cancellationToken).Get();
 
@@ -305,6 +325,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">The task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public TResult Apply<TResult>(Func<CancellationToken, TResult> func, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Apply(WithToken(func), taskTimeout, cancellationToken);
 
@@ -317,6 +338,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// has not started, else it sees <see cref="CurrentTaskCancellationToken"/> and is killed after the grace period.</param>
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public AsyncResult<TResult> ApplyAsync<TResult>(Func<TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null,
@@ -352,6 +374,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary><see cref="ApplyAsync{TResult}(Func{TResult}, Action{TResult}?, Action{Exception}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
+    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     public AsyncResult<TResult> ApplyAsync<TResult>(Func<CancellationToken, TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default) =>
         ApplyAsync(WithToken(func), callback, errorCallback, taskTimeout, cancellationToken);
@@ -395,7 +418,10 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
     /// <summary>Kills the workers now; every pending result fails with <see cref="PoolTerminatedException"/>
     /// (Python's <c>terminate</c>). Returns without waiting for them to be reaped; see <see cref="Join"/>.</summary>
-    public void Terminate()
+    public void Terminate() => Stop(new PoolTerminatedException());
+
+    /// <summary>Terminate, with the error that pending results fail with.</summary>
+    private void Stop(MultiprocessingException error)
     {
         List<PoolCall> calls;
         lock (_gate)
@@ -416,7 +442,6 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 worker.Process.Kill();
             }
 
-            var error = new PoolTerminatedException();
             foreach (var call in calls)
             {
                 call.Registration.Unregister();
@@ -1096,6 +1121,13 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 if (!call.Cancelled) call.Complete(chunk, reader);
                 if (call.Finished) Retire(call);
                 break;
+            case PoolProtocol.InitializerFailed:
+                var initializerError = new RemoteException(reader.String()!, reader.String()!, reader.String()!, reader.String()!);
+                if (_state == State.Terminated) return;
+                _broken = new PoolBrokenException(worker.Process.Pid!.Value, initializerError);
+                ProcessRuntime.Logger.LogError("Pool worker {Pid}: the initializer failed ({Error}); the pool stops", worker.Process.Pid, initializerError.Message);
+                Stop(_broken);
+                break;
             case PoolProtocol.Stats:
                 if (!worker.Ready)
                 {
@@ -1354,6 +1386,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
     private void ThrowIfNotRunning()
     {
+        if (_broken is { } broken) throw new PoolBrokenException(broken.Pid, broken.InitializerError);
         if (_state != State.Running)
             throw new InvalidOperationException($"The pool is {(_state == State.Closed ? "closed" : "terminated")}; it accepts no new work.");
     }
