@@ -156,16 +156,29 @@ public sealed class ConsoleAppTests : ProcessTest
             RedirectStandardOutput = true,
             RedirectStandardError = true,
         };
-        foreach (var arg in new[] { "publish", TestApp.ProjectPath, "-c", "Release", "-o", scratch.Path, "--nologo", "--disable-build-servers" }) publish.ArgumentList.Add(arg);
+        // Its own artifacts folder: the build leaves the repository's bin and obj folders (which a Release build of
+        // the benchmarks or the tour may be using) alone.
+        var output = Path.Combine(scratch.Path, "out");
+        foreach (var arg in new[] { "publish", TestApp.ProjectPath, "-c", "Release", "-o", output, "--artifacts-path", Path.Combine(scratch.Path, "artifacts"), "--nologo", "--disable-build-servers" })
+            publish.ArgumentList.Add(arg);
         using (var build = System.Diagnostics.Process.Start(publish)!)
         {
-            var output = build.StandardOutput.ReadToEndAsync();
-            var errors = build.StandardError.ReadToEndAsync();
-            await build.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(4));
-            Assert.True(build.ExitCode == 0, $"dotnet publish failed: {await output} {await errors}");
+            var stdout = build.StandardOutput.ReadToEndAsync();
+            var stderr = build.StandardError.ReadToEndAsync();
+            try
+            {
+                await build.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(4));
+            }
+            catch (TimeoutException)
+            {
+                build.Kill(entireProcessTree: true);
+                throw;
+            }
+
+            Assert.True(build.ExitCode == 0, $"dotnet publish failed: {await stdout} {await stderr}");
         }
 
-        using var app = TestApp.StartFrom(Path.Combine(scratch.Path, "Multiprocessing.TestApp.dll"), null, "basic");
+        using var app = TestApp.StartFrom(Path.Combine(output, "Multiprocessing.TestApp.dll"), null, "basic");
         Assert.Equal(0, app.WaitForExit(Guard));
         Assert.Contains("exitcode=7", app.Stdout);
     }
