@@ -368,19 +368,46 @@ public sealed class PoolTests : ProcessTest
         });
 
         var error = Assert.Throws<PoolBrokenException>(() => pool.Map(Square, Enumerable.Range(0, 8), chunksize: 1));
+        Assert.NotNull(error.InitializerError);
         Assert.Equal("System.InvalidOperationException", error.InitializerError.RemoteTypeName);
         Assert.Equal("no GPU here", error.InitializerError.RemoteMessage);
-        Assert.Contains("initializer failed in worker process " + error.Pid, error.Message);
-        Assert.Same(error.InitializerError, error.InnerException);
+        Assert.Contains("initializer failed in worker process", error.Message);
 
         // New work is refused with the same cause, and the pool winds down like a terminated one.
         var refused = Assert.Throws<PoolBrokenException>(() => pool.ApplyAsync(() => 1));
-        Assert.Equal("no GPU here", refused.InitializerError.RemoteMessage);
+        Assert.Equal("no GPU here", refused.InitializerError?.RemoteMessage);
         pool.Close();
         pool.Join();
 
         // Python's Pool would have started a replacement for every failure, for as long as it lived.
         Assert.InRange(File.ReadAllText(starts).Length, 1, 2);
+    }
+
+    [Fact]
+    public void A_pool_that_cannot_start_a_replacement_worker_stops_instead_of_leaving_its_tasks_waiting()
+    {
+        int starts = 0;
+        var options = new PoolOptions
+        {
+            WorkerEnvironment = _ => Interlocked.Increment(ref starts) == 1
+                ? new Dictionary<string, string>()
+                : throw new InvalidOperationException("no GPU left for a new worker"),
+        };
+        using var pool = Mp.Pool(processes: 1, maxTasksPerChild: 1, options: options);
+        Assert.Equal(1, pool.Apply(() => 1));
+
+        // The only worker retires after its task and nothing can take its place: the tasks fail, they do not wait.
+        var error = Assert.Throws<PoolBrokenException>(() =>
+        {
+            var result = pool.MapAsync(Square, [1, 2, 3]);
+            Assert.True(result.Wait(Guard), "the tasks are still waiting for a worker");
+            result.Get();
+        });
+        Assert.Null(error.InitializerError);
+        Assert.IsType<InvalidOperationException>(error.InnerException);
+        Assert.Contains("no GPU left for a new worker", error.Message);
+        pool.Close();
+        pool.Join();
     }
 
     [Fact]

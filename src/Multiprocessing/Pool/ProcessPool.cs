@@ -1124,7 +1124,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             case PoolProtocol.InitializerFailed:
                 var initializerError = new RemoteException(reader.String()!, reader.String()!, reader.String()!, reader.String()!);
                 if (_state == State.Terminated) return;
-                _broken = new PoolBrokenException(worker.Process.Pid!.Value, initializerError);
+                _broken = new PoolBrokenException($"The pool stopped because its initializer failed in worker process {worker.Process.Pid}: {initializerError.Message}. Create a new pool.", initializerError);
                 ProcessRuntime.Logger.LogError("Pool worker {Pid}: the initializer failed ({Error}); the pool stops", worker.Process.Pid, initializerError.Message);
                 Stop(_broken);
                 break;
@@ -1194,7 +1194,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
         if (_state != State.Terminated && _slots[worker.Index] is null && (_state == State.Running || _pending.Count > 0 || _calls.Count > 0))
         {
-            StartWorker(worker.Index);
+            StartReplacement(worker.Index);
         }
 
         Pump();
@@ -1263,6 +1263,24 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         // the workers just launched were booting on every core, and nothing needs the reader before the worker's
         // first answer. Tasks are written by whoever submits them.
         ThreadPool.UnsafeQueueUserWorkItem(static state => state.Pool.StartReader(state.Worker), (Pool: this, Worker: worker), preferLocal: false);
+    }
+
+    /// <summary>Starts a worker in a slot whose worker is gone or going. A failure (the system refused a process, the
+    /// WorkerEnvironment callback threw) leaves the slot empty, for the next worker's exit to try again; with no
+    /// worker left at all, the pool stops rather than leave its tasks waiting for a worker that never comes.</summary>
+    private void StartReplacement(int index)
+    {
+        try
+        {
+            StartWorker(index);
+        }
+        catch (Exception ex) when (ex is not OutOfMemoryException)
+        {
+            ProcessRuntime.Logger.LogError(ex, "Pool: a worker to replace the one in slot {Index} could not be started", index);
+            if (_workers.Count > 0) return;
+            _broken = new PoolBrokenException($"The pool stopped: no worker is left, and starting one failed ({ex.GetType().Name}: {ex.Message}). Create a new pool.", ex);
+            Stop(_broken);
+        }
     }
 
     private void StartReader(WorkerHandle worker)
@@ -1358,7 +1376,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         if (_slots[worker.Index] == worker)
         {
             _slots[worker.Index] = null;
-            if (replace && _state != State.Terminated) StartWorker(worker.Index);
+            if (replace && _state != State.Terminated) StartReplacement(worker.Index);
         }
     }
 
@@ -1386,7 +1404,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
     private void ThrowIfNotRunning()
     {
-        if (_broken is { } broken) throw new PoolBrokenException(broken.Pid, broken.InitializerError);
+        if (_broken is { } broken) throw new PoolBrokenException(broken.Message, broken.InnerException);
         if (_state != State.Running)
             throw new InvalidOperationException($"The pool is {(_state == State.Closed ? "closed" : "terminated")}; it accepts no new work.");
     }

@@ -98,27 +98,23 @@ public sealed class PoolTerminatedException : MultiprocessingException
 }
 
 /// <summary>
-/// A worker's initializer threw, so the pool stopped, as concurrent.futures' <c>BrokenProcessPool</c>: its workers
-/// are killed, every pending task fails with this exception, and new work is refused with it. (Python's Pool instead
-/// starts replacement workers, each failing the same way, for as long as it lives.)
+/// The pool stopped because it can no longer run tasks, as concurrent.futures' <c>BrokenProcessPool</c>: a worker's
+/// initializer threw (Python's Pool instead starts replacement workers, each failing the same way, for as long as it
+/// lives), or no worker was left and none could be started. Its workers are killed, every pending task fails with
+/// this exception, and new work is refused with it.
 /// </summary>
 /// <remarks>Immutable; safe to share between threads.</remarks>
 public sealed class PoolBrokenException : MultiprocessingException
 {
-    /// <summary>Creates the exception for the initializer failure of worker process <paramref name="pid"/>.</summary>
-    /// <param name="pid">The worker whose initializer threw.</param>
-    /// <param name="initializerError">What the initializer threw there.</param>
-    /// <exception cref="ArgumentNullException"><paramref name="initializerError"/> is null.</exception>
-    public PoolBrokenException(int pid, RemoteException initializerError)
-        : base($"The pool stopped because its initializer failed in worker process {pid}: {initializerError?.Message}. Create a new pool.", initializerError ?? throw new ArgumentNullException(nameof(initializerError)))
+    /// <summary>Creates the exception.</summary>
+    /// <param name="message">Why the pool stopped.</param>
+    /// <param name="innerException">The cause: the initializer's <see cref="RemoteException"/>, or the error that
+    /// kept a worker from starting.</param>
+    public PoolBrokenException(string message, Exception? innerException = null)
+        : base(message, innerException)
     {
-        Pid = pid;
-        InitializerError = initializerError;
     }
 
-    /// <summary>The worker process whose initializer threw.</summary>
-    public int Pid { get; }
-
-    /// <summary>What the initializer threw (also the inner exception).</summary>
-    public RemoteException InitializerError { get; }
+    /// <summary>What a worker's initializer threw, when that is why the pool stopped; otherwise null.</summary>
+    public RemoteException? InitializerError => InnerException as RemoteException;
 }
