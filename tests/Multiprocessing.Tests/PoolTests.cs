@@ -410,6 +410,49 @@ public sealed class PoolTests : ProcessTest
         pool.Join();
     }
 
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public void An_input_that_throws_ends_imap_with_its_exception_after_the_chunks_read_before_it(bool ordered)
+    {
+        static IEnumerable<int> Throws(int total, int when)
+        {
+            for (int i = 0; i < total; i++)
+            {
+                if (i == when) throw new FormatException("say when");
+                yield return i;
+            }
+        }
+
+        List<int> Consume(IEnumerable<int> results)
+        {
+            var got = new List<int>();
+            using var stream = results.GetEnumerator();
+            var error = Assert.Throws<FormatException>(() =>
+            {
+                while (stream.MoveNext()) got.Add(stream.Current);
+            });
+            Assert.Equal("say when", error.Message);
+            Assert.False(stream.MoveNext());
+            return ordered ? got : [.. got.Order()];
+        }
+
+        using var pool = Mp.Pool(processes: 2);
+        IEnumerable<int> Run(IEnumerable<int> input, int chunksize) =>
+            ordered ? pool.IMap(Square, input, chunksize) : pool.IMapUnordered(Square, input, chunksize);
+
+        Assert.Equal([0, 1, 4], Consume(Run(Throws(10, 3), 1)));
+        Assert.Empty(Consume(Run(Throws(10, 0), 1)));
+
+        // With chunks of 2 the failure at item 7 takes item 6, read in the same chunk, with it (CPython's tests ask
+        // for exactly this).
+        Assert.Equal([0, 1, 4, 9, 16, 25], Consume(Run(Throws(20, 7), 2)));
+
+        // Python's map reads the whole input first, so the exception comes before any task; the pool lives on.
+        Assert.Throws<FormatException>(() => pool.Map(Square, Throws(10, 3)));
+        Assert.Equal(9, pool.Apply(() => Square(3)));
+    }
+
     [Fact]
     public void MaxTasksPerChild_replaces_a_worker_after_n_tasks()
     {

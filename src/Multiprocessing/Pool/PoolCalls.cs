@@ -326,6 +326,9 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
 
     internal bool SourceDone { get; set; }
 
+    /// <summary>What the input threw when it was read, if it did; the stream ends with it.</summary>
+    internal System.Runtime.ExceptionServices.ExceptionDispatchInfo? SourceError { get; set; }
+
     internal int Chunks { get; private set; }
 
     internal int Chunksize => chunksize;
@@ -437,7 +440,8 @@ internal sealed class StreamCall<T, TResult>(ProcessPool pool, int id, int funcI
 /// <summary>
 /// The consumer's side of IMap and IMapUnordered. Like Python's iterator, and unlike a C# iterator block, a failed
 /// item throws from <c>MoveNext</c> and the next call goes on with the following results; only a terminated pool
-/// or a cancelled call ends the stream at its error. Enumerable once.
+/// or a cancelled call ends the stream at its error, and an input that throws ends it with that exception once the
+/// items read before it are yielded. Enumerable once.
 /// </summary>
 internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEnumerator<T> source, CancellationToken cancellationToken)
     : IEnumerable<TResult>, IEnumerator<TResult>, IAsyncEnumerable<TResult>, IAsyncEnumerator<TResult>
@@ -545,6 +549,7 @@ internal sealed class StreamResults<T, TResult>(StreamCall<T, TResult> call, IEn
             if (!call.Pool.NextOutcomes(call, source, out var outcomes))
             {
                 Finish();
+                call.SourceError?.Throw();
                 return false;
             }
 

@@ -234,7 +234,9 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <param name="cancellationToken">Cancels the call: the next step of the enumeration throws
     /// <see cref="OperationCanceledException"/>, tasks that have not started are dropped, running ones see
     /// <see cref="CurrentTaskCancellationToken"/> and are killed after the grace period.</param>
-    /// <returns>The results; a failed item throws its <see cref="RemoteException"/> when reached.</returns>
+    /// <returns>The results; a failed item throws its <see cref="RemoteException"/> when reached. If reading
+    /// <paramref name="iterable"/> throws, the whole chunks read before it still run, and the enumeration ends with
+    /// that exception after their results, as Python's does.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
@@ -255,7 +257,8 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <param name="progress">Receives (done, total) on the result thread.</param>
     /// <param name="taskTimeout">How long one task may run; null uses <see cref="PoolOptions.TaskTimeout"/>.</param>
     /// <param name="cancellationToken">Cancels the call, as for <see cref="IMap{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>.</param>
-    /// <returns>The results as they complete.</returns>
+    /// <returns>The results as they complete. If reading <paramref name="iterable"/> throws, the enumeration ends with
+    /// that exception after the results of the whole chunks read before it.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
     /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
@@ -594,11 +597,25 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             // Up to a batch of chunks per lock and per pump, so lazy input streams as fast as a list.
             var batch = new List<T[]>();
             bool more = true;
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo? sourceError = null;
             long budget = Math.Max(chunksize, Math.Min(room, 4096));
             for (int pulled = 0; more && pulled < budget;)
             {
                 var items = new List<T>(chunksize);
-                while (items.Count < chunksize && (more = source.MoveNext())) items.Add(source.Current);
+                try
+                {
+                    while (items.Count < chunksize && (more = source.MoveNext())) items.Add(source.Current);
+                }
+                catch (Exception ex)
+                {
+                    // As Python's imap: the whole chunks before the failure are still run and yielded, then the
+                    // consumer gets the source's exception where the failing item's chunk would have been (the part
+                    // of that chunk read before the failure is dropped with it).
+                    sourceError = System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(ex);
+                    more = false;
+                    items.Clear();
+                }
+
                 if (items.Count > 0) batch.Add([.. items]);
                 pulled += items.Count;
             }
@@ -608,6 +625,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 // The call may have been cancelled (from another thread) or the pool terminated while this pulled.
                 if (_state == State.Terminated || call.Cancelled) return;
                 if (!more) call.SourceDone = true;
+                call.SourceError = sourceError;
                 foreach (var items in batch) Enqueue(call, call.Add(items));
                 Pump();
                 if (!more) return;
