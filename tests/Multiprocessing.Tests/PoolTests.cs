@@ -454,6 +454,33 @@ public sealed class PoolTests : ProcessTest
     }
 
     [Fact]
+    public void A_recycled_worker_is_replaced_only_after_it_exits_so_no_more_than_processes_tasks_run_at_once()
+    {
+        using var running = Mp.Value(0);
+        using var most = Mp.RawValue(0);
+        using var pool = Mp.Pool(processes: 2, maxTasksPerChild: 1);
+        var pids = pool.Map(
+            _ =>
+            {
+                using (running.GetLock().Acquire())
+                {
+                    running.Value++;
+                    if (running.Value > most.Value) most.Value = running.Value;
+                }
+
+                // Long enough for a replacement booted early to reach its first task meanwhile.
+                Thread.Sleep(150);
+                using (running.GetLock().Acquire()) running.Value--;
+                return Environment.ProcessId;
+            },
+            Enumerable.Range(0, 8),
+            chunksize: 1);
+
+        Assert.Equal(8, pids.Distinct().Count());
+        Assert.InRange(most.Value, 1, 2);
+    }
+
+    [Fact]
     public void MaxTasksPerChild_replaces_a_worker_after_n_tasks()
     {
         using var pool = Mp.Pool(processes: 1, maxTasksPerChild: 2);

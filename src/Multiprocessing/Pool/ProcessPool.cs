@@ -875,7 +875,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
             target.Unsent++;
             target.Urgent |= call.WrittenAtOnce;
             target.ChunksSent++;
-            if (_maxTasksPerChild is { } limit && target.ChunksSent >= limit) RetireWorker(target, replace: true);
+            if (_maxTasksPerChild is { } limit && target.ChunksSent >= limit) RetireWorker(target);
             _touched.Add(target);
         }
 
@@ -1385,17 +1385,15 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    /// <summary>After its last allowed task a worker is told to finish and exit; a fresh one takes its slot.</summary>
-    private void RetireWorker(WorkerHandle worker, bool replace)
+    /// <summary>After its last allowed task (or when a closed pool is done) a worker is told to finish and exit. Its
+    /// replacement starts when it has exited, as in Python: never more than <see cref="Processes"/> workers run
+    /// tasks, or hold what an initializer acquired (a GPU's memory, say), at once.</summary>
+    private void RetireWorker(WorkerHandle worker)
     {
         worker.Retiring = true;
         int frame = worker.Pending.BeginFrame(PoolProtocol.Shutdown);
         worker.Pending.EndFrame(frame);
-        if (_slots[worker.Index] == worker)
-        {
-            _slots[worker.Index] = null;
-            if (replace && _state != State.Terminated) StartReplacement(worker.Index);
-        }
+        if (_slots[worker.Index] == worker) _slots[worker.Index] = null;
     }
 
     /// <summary>A closed pool lets its workers go once every call is over.</summary>
@@ -1405,7 +1403,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         foreach (var worker in _workers.ToArray())
         {
             if (worker.Retiring) continue;
-            RetireWorker(worker, replace: false);
+            RetireWorker(worker);
             Send(worker);
         }
 
