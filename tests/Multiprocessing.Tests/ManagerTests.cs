@@ -388,6 +388,45 @@ public sealed class ManagerTests : ProcessTest
     }
 
     [Fact]
+    public void Register_with_the_interface_alone_finds_its_one_implementation()
+    {
+        using (var m = Mp.Manager(new ManagerOptions().Register<ICounter>()))
+        {
+            var counter = m.Create<ICounter>();
+            Assert.Equal(3, counter.Add(3));
+            Assert.Equal("n=3", counter.Describe("n="));
+        }
+
+        // No implementation, several, or a class instead of an interface: each named in the error.
+        var none = Assert.Throws<ArgumentException>(() => new ManagerOptions().Register<IUnimplemented>());
+        Assert.Contains("no class", none.Message);
+        var several = Assert.Throws<ArgumentException>(() => new ManagerOptions().Register<IShape>());
+        Assert.Contains(typeof(Square).FullName!, several.Message);
+        Assert.Contains(typeof(Circle).FullName!, several.Message);
+        Assert.Throws<ArgumentException>(() => new ManagerOptions().Register<Counter>());
+    }
+
+    public interface IUnimplemented
+    {
+        void Nothing();
+    }
+
+    public interface IShape
+    {
+        double Area();
+    }
+
+    public sealed class Square : IShape
+    {
+        public double Area() => 1;
+    }
+
+    public sealed class Circle : IShape
+    {
+        public double Area() => Math.PI;
+    }
+
+    [Fact]
     public void A_dead_manager_fails_proxy_calls_fast()
     {
         var m = Mp.Manager();

@@ -67,6 +67,30 @@ public sealed class ManagerOptions
         where TImplementation : class, TService, new() =>
         Add(typeof(TService), typeof(TImplementation), null);
 
+    /// <summary>Lets the manager create objects of the one class in <typeparamref name="TService"/>'s assembly that
+    /// implements it and has a public parameterless constructor: <c>Register&lt;TService, TImplementation&gt;()</c>
+    /// with the implementation found by convention.</summary>
+    /// <typeparam name="TService">The interface clients call.</typeparam>
+    /// <returns>These options, for chaining.</returns>
+    /// <exception cref="ArgumentException">TService is not an interface, is registered already, or its assembly has
+    /// no such class or more than one (the message names them; register the one meant explicitly).</exception>
+    public ManagerOptions Register<TService>()
+        where TService : class
+    {
+        var service = typeof(TService);
+        if (!service.IsInterface) throw new ArgumentException($"{service} is not an interface: a managed object is reached through an interface its proxy implements", nameof(TService));
+        var candidates = service.Assembly.GetTypes()
+            .Where(t => t.IsClass && !t.IsAbstract && !t.ContainsGenericParameters && service.IsAssignableFrom(t) && t.GetConstructor(Type.EmptyTypes) is not null)
+            .ToList();
+        return candidates.Count == 1
+            ? Add(service, candidates[0], null)
+            : throw new ArgumentException(
+                candidates.Count == 0
+                    ? $"{service.Assembly.GetName().Name} has no class with a public parameterless constructor that implements {service}; use Register<{service.Name}, TImplementation>() or Register<{service.Name}>(factory)"
+                    : $"{service} is implemented by {string.Join(", ", candidates.Select(t => t.FullName))}; name the one to use with Register<{service.Name}, TImplementation>()",
+                nameof(TService));
+    }
+
     /// <summary>Lets the manager create objects made by <paramref name="factory"/> (which runs in the server
     /// process), reached through the <typeparamref name="TService"/> interface.</summary>
     /// <typeparam name="TService">The interface clients call.</typeparam>
