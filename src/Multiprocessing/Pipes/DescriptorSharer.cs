@@ -149,13 +149,12 @@ internal static class DescriptorSharer
             }
             catch (IOException ex)
             {
-                bool stopped;
-                lock (Entries) stopped = listener.Stopped;
-                if (!stopped)
+                lock (Entries)
                 {
-                    ProcessRuntime.Logger.LogError(ex, "the descriptor sharer stopped; connections sent from this process can no longer be received");
-                    lock (Entries)
+                    if (!listener.Stopped)
                     {
+                        // Not told to stop: the socket failed. The next Share starts another.
+                        ProcessRuntime.Logger.LogError(ex, "the descriptor sharer stopped; connections sent from this process can no longer be received");
                         if (_listener == listener) (_listener, _name) = (null, null);
                     }
                 }

@@ -94,8 +94,7 @@ internal abstract class PoolCall(ProcessPool pool, int id, int funcId, ReadOnlyM
     protected static Outcome<T> ReadOutcome<T>(WireReader reader)
     {
         if (reader.Byte() == PoolProtocol.ItemOk) return new(ItemCodec<T>.Read(reader), null);
-        var error = new RemoteException(reader.String()!, reader.String()!, reader.String()!, reader.String()!);
-        return new(default!, error);
+        return new(default!, PoolProtocol.ReadError(reader));
     }
 }
 

@@ -42,6 +42,20 @@ internal static class PoolProtocol
     internal const byte PerItem = 0;
     internal const byte Bulk = 1;
 
+    /// <summary>Writes an exception as a task's failure and an initializer's report carry it: type name, message,
+    /// stack trace and full text.</summary>
+    internal static void WriteError(Serialization.WireWriter writer, Exception error)
+    {
+        writer.String(error.GetType().FullName);
+        writer.String(error.Message);
+        writer.String(error.StackTrace ?? string.Empty);
+        writer.String(error.ToString());
+    }
+
+    /// <summary>Reads what <see cref="WriteError"/> wrote.</summary>
+    internal static RemoteException ReadError(Serialization.WireReader reader) =>
+        new(reader.String()!, reader.String()!, reader.String()!, reader.String()!);
+
     /// <summary>A frame larger than this is a corrupt stream, not a message.</summary>
     internal const int MaxFrame = 1 << 30;
 

@@ -71,10 +71,7 @@ internal static class PoolWorker
                 // goes on to be printed under the process name, as any child's unhandled exception is.
                 var report = new WireWriter(1024);
                 int frame = report.BeginFrame(PoolProtocol.InitializerFailed);
-                report.String(ex.GetType().FullName);
-                report.String(ex.Message);
-                report.String(ex.StackTrace ?? string.Empty);
-                report.String(ex.ToString());
+                PoolProtocol.WriteError(report, ex);
                 report.EndFrame(frame);
                 OsProcess.WriteAll(fd, report.WrittenSpan);
                 throw;
@@ -398,10 +395,7 @@ internal static class ChunkRunner
         }
 
         output.Byte(PoolProtocol.ItemFailed);
-        output.String(error.GetType().FullName);
-        output.String(error.Message);
-        output.String(error.StackTrace ?? string.Empty);
-        output.String(error.ToString());
+        PoolProtocol.WriteError(output, error);
         stats.SerializeTicks += Stopwatch.GetTimestamp() - start;
     }
 }

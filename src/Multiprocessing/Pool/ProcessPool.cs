@@ -75,7 +75,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         }
     }
 
-    /// <summary>Set when a worker's initializer failed and the pool stopped.</summary>
+    /// <summary>Set when the pool stopped because it can no longer run tasks (see <see cref="Break"/>).</summary>
     private PoolBrokenException? _broken;
 
     private enum State
@@ -114,7 +114,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// other tasks finished.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public List<TResult> Map<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
@@ -125,7 +125,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">A task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public List<TResult> Map<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Map(WithToken(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
@@ -143,7 +143,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// are dropped, running ones see <see cref="CurrentTaskCancellationToken"/> and are killed after the grace period.</param>
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public AsyncResult<List<TResult>> MapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int? chunksize = null,
@@ -186,7 +186,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary><see cref="MapAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int?, Action{List{TResult}}?, Action{Exception}?, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public AsyncResult<List<TResult>> MapAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int? chunksize = null,
         Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default) =>
@@ -196,7 +196,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">A task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public List<TResult> StarMap<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Map(Star(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
@@ -204,13 +204,13 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">A task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public List<TResult> StarMap<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Map(Star(func), iterable, chunksize, progress, taskTimeout, cancellationToken);
 
     /// <summary>Starts a <see cref="StarMap{T1, T2, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public AsyncResult<List<TResult>> StarMapAsync<T1, T2, TResult>(Func<T1, T2, TResult> func, IEnumerable<(T1, T2)> iterable, int? chunksize = null,
         Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default) =>
@@ -218,7 +218,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
 
     /// <summary>Starts a <see cref="StarMap{T1, T2, T3, TResult}"/> and returns at once (Python's <c>starmap_async</c>).</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public AsyncResult<List<TResult>> StarMapAsync<T1, T2, T3, TResult>(Func<T1, T2, T3, TResult> func, IEnumerable<(T1, T2, T3)> iterable, int? chunksize = null,
         Action<List<TResult>>? callback = null, Action<Exception>? errorCallback = null, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default) =>
@@ -238,7 +238,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <paramref name="iterable"/> throws, the whole chunks read before it still run, and the enumeration ends with
     /// that exception after their results, as Python's does.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public IEnumerable<TResult> IMap<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
@@ -246,7 +246,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary><see cref="IMap{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public IEnumerable<TResult> IMap<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(WithToken(func), iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
@@ -260,7 +260,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <returns>The results as they complete. If reading <paramref name="iterable"/> throws, the enumeration ends with
     /// that exception after the results of the whole chunks read before it.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     /// <exception cref="ArgumentOutOfRangeException"><paramref name="chunksize"/> is less than 1.</exception>
     public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
@@ -268,7 +268,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary><see cref="IMapUnordered{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public IEnumerable<TResult> IMapUnordered<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(WithToken(func), iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
@@ -276,28 +276,28 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// as an async stream: waiting for results blocks no thread. <paramref name="cancellationToken"/>, and a token
     /// given to <c>WithCancellation</c>, cancel the call.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(func, iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public IAsyncEnumerable<TResult> IMapAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(WithToken(func), iterable, chunksize, ordered: true, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapUnordered{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// as an async stream; <paramref name="cancellationToken"/> and <c>WithCancellation</c> cancel the call.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(func, iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
     /// <summary><see cref="IMapUnorderedAsync{T, TResult}(Func{T, TResult}, IEnumerable{T}, int, IProgress{MapProgress}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public IAsyncEnumerable<TResult> IMapUnorderedAsync<T, TResult>(Func<T, CancellationToken, TResult> func, IEnumerable<T> iterable, int chunksize = 1, IProgress<MapProgress>? progress = null, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Stream(WithToken(func), iterable, chunksize, ordered: false, progress, taskTimeout, cancellationToken);
 
@@ -310,7 +310,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">The task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public TResult Apply<TResult>(Func<TResult> func, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         ApplyAsync(func, taskTimeout: taskTimeout, cancellationToken: cancellationToken).Get();
 
@@ -328,7 +328,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <exception cref="RemoteException">The task threw.</exception>
     /// <exception cref="OperationCanceledException"><paramref name="cancellationToken"/> was cancelled first.</exception>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public TResult Apply<TResult>(Func<CancellationToken, TResult> func, TimeSpan? taskTimeout = null, CancellationToken cancellationToken = default) =>
         Apply(WithToken(func), taskTimeout, cancellationToken);
 
@@ -341,7 +341,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// has not started, else it sees <see cref="CurrentTaskCancellationToken"/> and is killed after the grace period.</param>
     /// <returns>The pending result; awaitable.</returns>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     /// <exception cref="System.Runtime.Serialization.SerializationException"><paramref name="func"/> captures something that cannot travel.</exception>
     [System.Runtime.CompilerServices.MethodImpl(System.Runtime.CompilerServices.MethodImplOptions.AggressiveOptimization)]
     public AsyncResult<TResult> ApplyAsync<TResult>(Func<TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null,
@@ -377,7 +377,7 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
     /// <summary><see cref="ApplyAsync{TResult}(Func{TResult}, Action{TResult}?, Action{Exception}?, TimeSpan?, CancellationToken)"/>
     /// with a function that takes its task's cancellation token.</summary>
     /// <exception cref="InvalidOperationException">The pool is closed or terminated.</exception>
-    /// <exception cref="PoolBrokenException">A worker's initializer failed, so the pool stopped.</exception>
+    /// <exception cref="PoolBrokenException">The pool stopped: a worker's initializer failed, or no worker was left and none could start.</exception>
     public AsyncResult<TResult> ApplyAsync<TResult>(Func<CancellationToken, TResult> func, Action<TResult>? callback = null, Action<Exception>? errorCallback = null, TimeSpan? taskTimeout = null,
         CancellationToken cancellationToken = default) =>
         ApplyAsync(WithToken(func), callback, errorCallback, taskTimeout, cancellationToken);
@@ -1140,11 +1140,10 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
                 if (call.Finished) Retire(call);
                 break;
             case PoolProtocol.InitializerFailed:
-                var initializerError = new RemoteException(reader.String()!, reader.String()!, reader.String()!, reader.String()!);
+                var initializerError = PoolProtocol.ReadError(reader);
                 if (_state == State.Terminated) return;
-                _broken = new PoolBrokenException($"The pool stopped because its initializer failed in worker process {worker.Process.Pid}: {initializerError.Message}. Create a new pool.", initializerError);
                 ProcessRuntime.Logger.LogError("Pool worker {Pid}: the initializer failed ({Error}); the pool stops", worker.Process.Pid, initializerError.Message);
-                Stop(_broken);
+                Break($"The pool stopped because its initializer failed in worker process {worker.Process.Pid}: {initializerError.Message}. Create a new pool.", initializerError);
                 break;
             case PoolProtocol.Stats:
                 if (!worker.Ready)
@@ -1295,10 +1294,16 @@ public sealed class ProcessPool : IDisposable, IAsyncDisposable
         catch (Exception ex) when (ex is not OutOfMemoryException)
         {
             ProcessRuntime.Logger.LogError(ex, "Pool: a worker to replace the one in slot {Index} could not be started", index);
-            if (_workers.Count > 0) return;
-            _broken = new PoolBrokenException($"The pool stopped: no worker is left, and starting one failed ({ex.GetType().Name}: {ex.Message}). Create a new pool.", ex);
-            Stop(_broken);
+            if (_workers.Count == 0) Break($"The pool stopped: no worker is left, and starting one failed ({ex.GetType().Name}: {ex.Message}). Create a new pool.", ex);
         }
+    }
+
+    /// <summary>Stops the pool for good, as <see cref="Terminate"/> does, and refuses new work, both with
+    /// <see cref="PoolBrokenException"/>.</summary>
+    private void Break(string reason, Exception cause)
+    {
+        _broken = new PoolBrokenException(reason, cause);
+        Stop(_broken);
     }
 
     private void StartReader(WorkerHandle worker)
